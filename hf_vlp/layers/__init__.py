@@ -1,0 +1,29 @@
+"""Building blocks written once and shared by every architecture (DESIGN.md, "Layout")."""
+
+from .attention import AttentionBlock, MultiHeadAttention, ResidualOutput, eager_attention_forward
+from .boxes import BOX_FEATURE_SIZES, box_location_features, check_visual_inputs
+from .embeddings import RegionEmbeddings, TextEmbeddings
+from .heads import MaskedLMHead, Pooler, PredictionHeadTransform, mlp_classifier
+from .masks import additive_attention_mask
+from .transformer import FeedForward, Intermediate, TransformerEncoder, TransformerLayer
+
+__all__ = [
+    "AttentionBlock",
+    "BOX_FEATURE_SIZES",
+    "FeedForward",
+    "Intermediate",
+    "MaskedLMHead",
+    "MultiHeadAttention",
+    "Pooler",
+    "PredictionHeadTransform",
+    "RegionEmbeddings",
+    "ResidualOutput",
+    "TextEmbeddings",
+    "TransformerEncoder",
+    "TransformerLayer",
+    "additive_attention_mask",
+    "box_location_features",
+    "check_visual_inputs",
+    "eager_attention_forward",
+    "mlp_classifier",
+]

@@ -1,0 +1,13 @@
+"""Attention masks, built once per forward at model level."""
+
+import torch
+
+
+def additive_attention_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, L) 1/0 padding mask -> (B, 1, 1, L) additive mask: 0 where attended, the dtype's lowest value elsewhere.
+
+    `finfo(dtype).min` instead of the originals' -10000 keeps bf16/fp16 finite and masks exactly; the two agree to
+    fp32 precision because exp(-10000) already underflows to 0.
+    """
+    mask = mask[:, None, None, :].to(dtype)
+    return (1.0 - mask) * torch.finfo(dtype).min
