@@ -13,16 +13,23 @@ import transformers
 ARCHITECTURES: dict[str, dict] = {}
 
 
-def register_architecture(name, config_class=None, models=None, heads=None, processor_class=None):
+def register_architecture(
+    name, config_class=None, models=None, heads=None, processor_class=None, image_processor_class=None
+):
     """Register `config_class` with AutoConfig, each `models[auto_name]` with that Auto class (e.g.
     "AutoModelForVisualQuestionAnswering"), and `processor_class` with AutoProcessor. `heads` lists every task head
-    (also those without an Auto class) for the CLI, Hub bundles and tests. Architectures transformers already has
+    (also those without an Auto class) for the CLI, Hub bundles and tests. `image_processor_class` (e.g.
+    `RegionFeatureProcessor`) is registered with AutoImageProcessor so processors reload with `AutoProcessor`. Architectures transformers already has
     pass their config/model classes only in `heads` and register just what transformers lacks."""
     models, heads = models or {}, heads or {}
     if config_class is not None and config_class.model_type not in transformers.CONFIG_MAPPING:
         transformers.AutoConfig.register(config_class.model_type, config_class)
     for auto_name, model_class in models.items():
         getattr(transformers, auto_name).register(config_class, model_class, exist_ok=True)
+    if image_processor_class is not None and config_class is not None:
+        transformers.AutoImageProcessor.register(
+            config_class, image_processor_classes={"pil": image_processor_class}, exist_ok=True
+        )
     if processor_class is not None and config_class is not None:
         transformers.AutoProcessor.register(config_class, processor_class, exist_ok=True)
     ARCHITECTURES[name] = {"config": config_class, "models": models, "heads": heads, "processor": processor_class}

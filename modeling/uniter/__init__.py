@@ -12,7 +12,10 @@ from .modeling_uniter import (
     UniterPreTrainedModel,
 )
 
+from hf_vlp.processing.region import RegionFeatureProcessor
 from hf_vlp.registry import register_architecture
+
+from .processing_uniter import UniterProcessor
 
 register_architecture(
     "uniter",
@@ -30,4 +33,6 @@ register_architecture(
         "retrieval": UniterForImageTextRetrieval,
         "refexp": UniterForReferringExpression,
     },
+    processor_class=UniterProcessor,
+    image_processor_class=RegionFeatureProcessor,
 )

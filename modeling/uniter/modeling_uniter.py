@@ -236,6 +236,7 @@ class UniterForPreTraining(UniterPreTrainedModel):
     - ITM: `itm_labels` (B,) 1 = matching pair, 0 = not, -100 = ignore; adds the word-region alignment (WRA)
       optimal-transport loss when `config.wra_weight > 0`.
     Conditional masking (mask one modality at a time, never for mismatched pairs) is the collator's job.
+    Without any labels it returns `mlm_logits` (B, T, vocab) at every text position and `itm_logits` (B, 2).
     """
 
     _tied_weights_keys = {"mlm_head.decoder.weight": "uniter.embeddings.word_embeddings.weight"}
@@ -303,6 +304,10 @@ class UniterForPreTraining(UniterPreTrainedModel):
             result.mlm_logits = self.mlm_head(outputs.text_hidden_state[masked])
             result.mlm_loss = masked_cross_entropy(result.mlm_logits, labels[masked])
             weighted.append(config.mlm_weight * result.mlm_loss)
+        elif not needs_region_mask and itm_labels is None:
+            # inference (e.g. prompt-based scoring): vocabulary logits at every text position, and ITM logits
+            result.mlm_logits = self.mlm_head(outputs.text_hidden_state)
+            result.itm_logits = self.itm_head(outputs.pooler_output)
 
         if needs_region_mask:
             masked = region_mask.bool()
