@@ -6,11 +6,14 @@ so `AutoModel.from_pretrained(...)` resolves hf_vlp model types. Adding an archi
 
 import importlib
 import pkgutil
+import warnings
 
 import transformers
 
 # architecture name -> {"config": cls, "models": {auto class name: cls}, "heads": {task: cls}, "processor": cls}
 ARCHITECTURES: dict[str, dict] = {}
+# architecture name -> the exception that stopped its import (reported as a warning; tests assert it stays empty)
+FAILED_ARCHITECTURES: dict[str, Exception] = {}
 
 
 def register_architecture(
@@ -40,6 +43,10 @@ def import_all_architectures():
     import hf_vlp.modeling as modeling
 
     for info in pkgutil.iter_modules(modeling.__path__):
-        if info.ispkg:
-            importlib.import_module(f"hf_vlp.modeling.{info.name}")
+        if info.ispkg and info.name not in ARCHITECTURES:
+            try:
+                importlib.import_module(f"hf_vlp.modeling.{info.name}")
+            except Exception as error:  # one broken architecture must not hide the others
+                FAILED_ARCHITECTURES[info.name] = error
+                warnings.warn(f"hf_vlp: architecture {info.name!r} failed to import: {error!r}", stacklevel=2)
     return ARCHITECTURES

@@ -220,3 +220,91 @@ class DataCollatorForVLPretraining:
             first = torch.rand(valid.shape, generator=self._mask_rng).masked_fill(~valid, -1).argmax(1)
             masked[empty, first[empty]] = True
         return masked
+
+
+TASK_LABELS = ("vqa", "entailment", "nlvr2", "refexp", "retrieval")
+
+
+@dataclass
+class DataCollatorForVLTask:
+    """Rows of a downstream task -> model inputs + `labels`, for any region model's processor.
+
+    task:
+      * "vqa": text from `question`; `labels` (B, num_labels) soft scores from `answer_ids` / `answer_scores`.
+      * "entailment": `labels` = `label` (class id).
+      * "nlvr2": two images per row (columns with a `_2` suffix); region inputs stacked to (B, 2, R, ...).
+      * "refexp": `labels` = `target_index`, the referred region.
+      * "retrieval": every text with its own image and `retrieval_negatives` other images of the batch, in groups
+        (positive first) and `group_size` for the model's ranking loss.
+    """
+
+    processor: object
+    task: str
+    num_labels: int | None = None
+    retrieval_negatives: int = 1
+    max_length: int | None = None
+    fields: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.task not in TASK_LABELS:
+            raise ValueError(f"`task` must be one of {TASK_LABELS}, got {self.task!r}")
+        if self.task == "vqa" and not self.num_labels:
+            raise ValueError("task 'vqa' needs `num_labels` (the size of the answer vocabulary).")
+        self.fields = {**DEFAULT_FIELDS, **self.fields}
+
+    def _regions(self, rows, suffix="", order=None):
+        f = self.fields
+        order = range(len(rows)) if order is None else order
+        sizes = None
+        if f["image_width"] + suffix in rows[0]:
+            sizes = [(rows[i][f["image_width"] + suffix], rows[i][f["image_height"] + suffix]) for i in order]
+        return self.processor.image_processor(
+            [rows[i][f["visual_feats"] + suffix] for i in order],
+            [rows[i][f["boxes"] + suffix] for i in order],
+            sizes,
+        )
+
+    def __call__(self, rows):
+        text_field = "question" if self.task == "vqa" else self.fields["text"]
+        texts = [row[text_field] for row in rows]
+        if self.task == "retrieval":
+            return self._retrieval(rows, texts)
+        batch = dict(self.processor.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"))
+        if self.task == "nlvr2":
+            first, second = self._regions(rows), self._regions(rows, "_2")
+            regions = max(first["visual_feats"].shape[1], second["visual_feats"].shape[1])
+            for name in first:
+                pad = lambda t: torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, regions - t.shape[1]))  # noqa: E731
+                batch[name] = torch.stack([pad(first[name]), pad(second[name])], dim=1)
+            batch["labels"] = torch.tensor([row["label"] for row in rows])
+            return batch
+        batch.update(self._regions(rows))
+        if self.task == "vqa":
+            labels = torch.zeros(len(rows), self.num_labels)
+            for i, row in enumerate(rows):
+                for answer, score in zip(row["answer_ids"], row["answer_scores"]):
+                    labels[i, answer] = max(labels[i, answer].item(), score)
+            batch["labels"] = labels
+        elif self.task == "refexp":
+            batch["labels"] = torch.tensor([row["target_index"] for row in rows])
+        else:
+            batch["labels"] = torch.tensor([row["label"] for row in rows])
+        return batch
+
+    def _retrieval(self, rows, texts):
+        size = len(rows)
+        negatives = min(self.retrieval_negatives, size - 1)
+        if negatives < 1:
+            raise ValueError("retrieval batches need at least 2 rows to draw in-batch negative images.")
+        group = negatives + 1
+        # text i with image i (positive), then images i+1, ..., i+negatives (negatives)
+        order = [(i + k) % size for i in range(size) for k in range(group)]
+        batch = dict(
+            self.processor.tokenizer(
+                [texts[i] for i in range(size) for _ in range(group)],
+                padding=True, truncation=True, max_length=self.max_length, return_tensors="pt",
+            )
+        )
+        batch.update(self._regions(rows, order=order))
+        batch["group_size"] = group
+        return batch

@@ -331,6 +331,11 @@ class UniterForPreTraining(UniterPreTrainedModel):
                 result.mrc_loss = masked_cross_entropy(result.region_class_logits, region_class_labels[masked])
                 weighted.append(config.mrc_weight * result.mrc_loss)
             if region_soft_labels is not None:
+                if region_soft_labels.shape[-1] != config.num_region_classes:
+                    raise ValueError(
+                        f"`region_soft_labels` has {region_soft_labels.shape[-1]} classes, the model "
+                        f"num_region_classes={config.num_region_classes}."
+                    )
                 # KL(detector distribution || predicted), summed over classes and averaged over masked regions
                 log_probs = F.log_softmax(result.region_class_logits.float(), dim=-1)
                 kl = F.kl_div(log_probs, region_soft_labels[masked].float(), reduction="none").sum(-1)

@@ -1,0 +1,156 @@
+"""`hf-vlp`: convert | train | eval | demo | bench | push | cpt."""
+
+import argparse
+import importlib
+import sys
+
+
+def _convert(args):
+    from .conversion import common
+
+    module = importlib.import_module(f"hf_vlp.conversion.{args.arch}")
+    options = dict(option.split("=", 1) for option in args.option)
+    model = module.convert(args.checkpoint, args.config, **options)
+    print(f"converted {args.checkpoint} -> {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters)")
+    ok = True
+    if args.verify:
+        atol = args.atol if args.atol is not None else getattr(module, "VERIFY_ATOL", 1e-4)
+        ok = common.verify(module, model, args.verify, atol=atol)
+    if args.output:
+        from .hub import save_for_hub
+
+        processor = getattr(module, "build_processor", lambda *a: None)(args.checkpoint, args.config)
+        save_for_hub(model, processor, args.output, conversion=f"Converted with `hf-vlp convert {args.arch}` from `{args.checkpoint}`.")
+        print(f"saved to {args.output}")
+    if args.push_to_hub:
+        from .hub import push_to_hub
+
+        push_to_hub(model, None, args.push_to_hub, conversion=f"Converted with `hf-vlp convert {args.arch}`.")
+        print(f"pushed to {args.push_to_hub}")
+    return 0 if ok else 1
+
+
+def _train(args, rest):
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from . import training
+
+    if args.stage == "pretrain":
+        parsed, training_args = HfArgumentParser((training.PretrainArguments, TrainingArguments)).parse_args_into_dataclasses(rest)
+        training.run_pretraining(parsed, training_args)
+    else:
+        parsed, training_args = HfArgumentParser((training.FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(rest)
+        training.run_finetuning(parsed, training_args)
+    return 0
+
+
+def _eval(args):
+    from transformers import AutoConfig, AutoProcessor
+
+    from .data import shapes_dataset
+    from .pretraining.collators import DataCollatorForVLTask
+    from .recipes import head_class
+    from .training import evaluate_task
+
+    arch = AutoConfig.from_pretrained(args.model).model_type
+    model = head_class(arch, args.task).from_pretrained(args.model)
+    processor = AutoProcessor.from_pretrained(args.model)
+    data = shapes_dataset(args.task, num_images=args.num_images, split=args.split)
+    collator = DataCollatorForVLTask(processor, args.task, num_labels=getattr(model.config, "num_labels", None))
+    print(f"{args.task} {args.split}: {evaluate_task(model, collator, data, args.task):.4f}")
+    return 0
+
+
+def _demo(args):
+    from .demo import run_demo
+
+    run_demo(output_dir=args.output_dir, minutes=args.minutes, bf16=args.bf16)
+    return 0
+
+
+def _bench(args):
+    from .bench import run_benchmark
+
+    run_benchmark(args.arch, batch_size=args.batch_size, steps=args.steps, bf16=args.bf16, sizes=args.sizes)
+    return 0
+
+
+def _push(args):
+    from transformers import AutoConfig, AutoProcessor
+
+    from .hub import push_to_hub
+    from .registry import ARCHITECTURES
+
+    config = AutoConfig.from_pretrained(args.model)
+    architecture = config.architectures[0]
+    model_class = next(
+        cls for info in ARCHITECTURES.values() for cls in list(info["heads"].values()) + list(info["models"].values())
+        if cls.__name__ == architecture
+    )
+    model = model_class.from_pretrained(args.model)
+    processor = AutoProcessor.from_pretrained(args.model)
+    print(push_to_hub(model, processor, args.repo_id))
+    return 0
+
+
+def main(argv=None):
+    import hf_vlp  # noqa: F401  (registers architectures)
+
+    parser = argparse.ArgumentParser(prog="hf-vlp", description="Vision-language pretrained models in the HF stack")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    convert = commands.add_parser("convert", help="convert an original checkpoint (and verify it against a fixture)")
+    convert.add_argument("arch")
+    convert.add_argument("--checkpoint", required=True)
+    convert.add_argument("--config", default=None, help="the original model config file, where the format needs it")
+    convert.add_argument("--output", default=None, help="save the converted model in Hub layout here")
+    convert.add_argument("--verify", default=None, metavar="FIXTURE_DIR", help="inputs/outputs.safetensors saved from the original code")
+    convert.add_argument("--atol", type=float, default=None)
+    convert.add_argument("--push-to-hub", dest="push_to_hub", default=None, metavar="REPO")
+    convert.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="converter-specific option")
+
+    train = commands.add_parser("train", help="pretrain or fine-tune on the shapes world (TrainingArguments flags accepted)")
+    train.add_argument("stage", choices=["pretrain", "finetune"])
+
+    evaluate = commands.add_parser("eval", help="evaluate a saved model on a shapes-world task")
+    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--task", default="vqa")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--num_images", type=int, default=300)
+
+    demo = commands.add_parser("demo", help="pretrain + fine-tune UNITER on the shapes world, save, reload, answer")
+    demo.add_argument("--output_dir", default="demo_output")
+    demo.add_argument("--minutes", type=float, default=4.0, help="approximate training budget")
+    demo.add_argument("--bf16", action="store_true")
+
+    bench = commands.add_parser("bench", help="training / inference throughput, memory and achieved GFLOP/s")
+    bench.add_argument("arch", nargs="?", default="uniter")
+    bench.add_argument("--batch_size", type=int, default=32)
+    bench.add_argument("--steps", type=int, default=10)
+    bench.add_argument("--bf16", action="store_true")
+    bench.add_argument("--sizes", default="base", choices=["base", "small"])
+
+    push = commands.add_parser("push", help="push a saved model + processor to the Hub")
+    push.add_argument("--model", required=True)
+    push.add_argument("--repo_id", required=True)
+
+    try:
+        from .cpt import add_cli as add_cpt_cli
+
+        add_cpt_cli(commands)
+    except ImportError:
+        pass
+
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "train":
+        return _train(args, rest)
+    handlers = {"convert": _convert, "eval": _eval, "demo": _demo, "bench": _bench, "push": _push}
+    if args.command in handlers:
+        return handlers[args.command](args)
+    return args.run(args) if hasattr(args, "run") else parser.error(f"unknown command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
