@@ -12,22 +12,41 @@ def _convert(args):
     options = dict(option.split("=", 1) for option in args.option)
     model = module.convert(args.checkpoint, args.config, **options)
     print(f"converted {args.checkpoint} -> {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters)")
-    ok = True
+    ok, atol = True, None
     if args.verify:
         atol = args.atol if args.atol is not None else getattr(module, "VERIFY_ATOL", 1e-4)
         ok = common.verify(module, model, args.verify, atol=atol)
+    if not ok:
+        print("verification FAILED: nothing saved or pushed")
+        return 1
+    processor = _processor_for(model, args.tokenizer) if args.tokenizer else None
+    card = dict(conversion=f"Converted from the original `{args.checkpoint}` with `hf-vlp convert {args.arch}`"
+                + (f", verified against `{args.verify}` (max abs diff <= {atol:g})." if args.verify else "."))
     if args.output:
         from .hub import save_for_hub
 
-        processor = getattr(module, "build_processor", lambda *a: None)(args.checkpoint, args.config)
-        save_for_hub(model, processor, args.output, conversion=f"Converted with `hf-vlp convert {args.arch}` from `{args.checkpoint}`.")
+        save_for_hub(model, processor, args.output, **card)
         print(f"saved to {args.output}")
     if args.push_to_hub:
         from .hub import push_to_hub
 
-        push_to_hub(model, None, args.push_to_hub, conversion=f"Converted with `hf-vlp convert {args.arch}`.")
+        push_to_hub(model, processor, args.push_to_hub, **card)
         print(f"pushed to {args.push_to_hub}")
-    return 0 if ok else 1
+    return 0
+
+
+def _processor_for(model, tokenizer_dir):
+    """The architecture's registered processor with the tokenizer saved in `tokenizer_dir` (the original
+    vocabulary; conversion cannot download it)."""
+    from transformers import AutoTokenizer
+
+    from .processing.region import RegionFeatureProcessor
+    from .registry import ARCHITECTURES
+
+    processor_class = ARCHITECTURES.get(model.config.model_type, {}).get("processor")
+    if processor_class is None:
+        raise ValueError(f"no processor is registered for {model.config.model_type!r}")
+    return processor_class(RegionFeatureProcessor(), AutoTokenizer.from_pretrained(tokenizer_dir))
 
 
 def _train(args, rest):
@@ -106,6 +125,7 @@ def main(argv=None):
     convert.add_argument("--output", default=None, help="save the converted model in Hub layout here")
     convert.add_argument("--verify", default=None, metavar="FIXTURE_DIR", help="inputs/outputs.safetensors saved from the original code")
     convert.add_argument("--atol", type=float, default=None)
+    convert.add_argument("--tokenizer", default=None, metavar="DIR", help="tokenizer files to save as the processor")
     convert.add_argument("--push-to-hub", dest="push_to_hub", default=None, metavar="REPO")
     convert.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="converter-specific option")
 
