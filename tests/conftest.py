@@ -65,3 +65,11 @@ def _start_hubstub():
 
 
 _HUB_ENDPOINT = _start_hubstub()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny test models are dominated by thread start-up: one intra-op thread is faster and steadier on CI's 2 cores."""
+    import torch
+
+    torch.set_num_threads(1)
