@@ -42,7 +42,9 @@ class RegionVQAArguments:
     num_images: int = field(default=1500, metadata={"help": "training scenes (3 questions each)"})
     eval_images: int = field(default=200, metadata={"help": "held-out test scenes"})
     hidden_size: int = 128
-    num_layers: int = field(default=3, metadata={"help": "VisualBERT layers; LXMERT gets l=num_layers, x=r=num_layers-1"})
+    num_layers: int = field(
+        default=3, metadata={"help": "VisualBERT layers; LXMERT gets l=num_layers, x=r=num_layers-1"}
+    )
     num_attention_heads: int = 4
     lora_r: int = field(default=0, metadata={"help": "> 0: train LoRA adapters (the architecture's preset) + the head"})
 
@@ -61,8 +63,13 @@ def small_config(arch, vocab_size, feature_dim, args):
         return VisualBertConfig(**common, **labels, num_hidden_layers=args.num_layers, visual_embedding_dim=feature_dim)
     layers = max(args.num_layers - 1, 1)
     return LxmertConfig(
-        **common, l_layers=args.num_layers, x_layers=layers, r_layers=layers, visual_feat_dim=feature_dim,
-        num_qa_labels=len(SHAPES_VQA_ANSWERS), **labels,
+        **common,
+        l_layers=args.num_layers,
+        x_layers=layers,
+        r_layers=layers,
+        visual_feat_dim=feature_dim,
+        num_qa_labels=len(SHAPES_VQA_ANSWERS),
+        **labels,
     )
 
 
@@ -124,7 +131,9 @@ def run(arch, args, training_args, train, test):
         import peft
 
         _, _, targets, head = ARCHS[arch]
-        lora = peft.LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules=targets, modules_to_save=[head])
+        lora = peft.LoraConfig(
+            r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules=targets, modules_to_save=[head]
+        )
         model = peft.get_peft_model(model, lora)
         model.print_trainable_parameters()
     collator = VQACollator(arch, processor)
