@@ -151,10 +151,16 @@ def write_remote_code(model, directory):
     arch = model.config.model_type
     config_module = type(model.config).__module__
     model_module = type(model).__module__
-    (directory / f"configuration_{arch}.py").write_text(flat_source(config_module))
+    config_class = type(model.config).__name__
+    if config_module.startswith("hf_vlp"):
+        (directory / f"configuration_{arch}.py").write_text(flat_source(config_module))
+    else:  # a configuration transformers ships (LXMERT, VisualBERT, ...): import it rather than copy it
+        (directory / f"configuration_{arch}.py").write_text(
+            f"# {config_class} ships with transformers; hf_vlp adds no configuration code for it.\n"
+            f"from {config_module} import {config_class}  # noqa: F401\n"
+        )
     modeling = flat_source(model_module)
     # the modeling bundle imports its config from the sibling file instead of carrying a second copy
-    config_class = type(model.config).__name__
     modeling = modeling.replace(f"\nclass {config_class}(", f"\nclass _Unused{config_class}(", 1)
     modeling = f"from .configuration_{arch} import {config_class}\n" + modeling
     (directory / f"modeling_{arch}.py").write_text(modeling)

@@ -244,6 +244,7 @@ class DataCollatorForVLTask:
     retrieval_negatives: int = 1
     max_length: int | None = None
     fields: dict = field(default_factory=dict)
+    processor_kwargs: dict = field(default_factory=dict)  # e.g. {"question_answering": True} for VisualBERT
 
     def __post_init__(self):
         if self.task not in TASK_LABELS:
@@ -252,16 +253,23 @@ class DataCollatorForVLTask:
             raise ValueError("task 'vqa' needs `num_labels` (the size of the answer vocabulary).")
         self.fields = {**DEFAULT_FIELDS, **self.fields}
 
-    def _regions(self, rows, suffix="", order=None):
+    def _encode(self, rows, texts=None, suffix="", order=None):
+        """The model's own processor on (texts and) the rows' region data, so model-specific names and extras
+        (e.g. VisualBERT's `visual_embeds` and region token types) come out as the model takes them."""
         f = self.fields
         order = range(len(rows)) if order is None else order
         sizes = None
         if f["image_width"] + suffix in rows[0]:
             sizes = [(rows[i][f["image_width"] + suffix], rows[i][f["image_height"] + suffix]) for i in order]
-        return self.processor.image_processor(
-            [rows[i][f["visual_feats"] + suffix] for i in order],
-            [rows[i][f["boxes"] + suffix] for i in order],
-            sizes,
+        return dict(
+            self.processor(
+                text=texts,
+                visual_feats=[rows[i][f["visual_feats"] + suffix] for i in order],
+                boxes=[rows[i][f["boxes"] + suffix] for i in order],
+                image_sizes=sizes,
+                max_length=self.max_length,
+                **self.processor_kwargs,
+            )
         )
 
     def __call__(self, rows):
@@ -269,16 +277,15 @@ class DataCollatorForVLTask:
         texts = [row[text_field] for row in rows]
         if self.task == "retrieval":
             return self._retrieval(rows, texts)
-        batch = dict(self.processor.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"))
+        batch = self._encode(rows, texts)
         if self.task == "nlvr2":
-            first, second = self._regions(rows), self._regions(rows, "_2")
-            regions = max(first["visual_feats"].shape[1], second["visual_feats"].shape[1])
-            for name in first:
-                pad = lambda t: torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, regions - t.shape[1]))  # noqa: E731
-                batch[name] = torch.stack([pad(first[name]), pad(second[name])], dim=1)
+            second = self._encode(rows, suffix="_2")
+            regions = max(batch["visual_attention_mask"].shape[1], second["visual_attention_mask"].shape[1])
+            pad = lambda t: torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, regions - t.shape[1]))  # noqa: E731
+            for name in second:
+                batch[name] = torch.stack([pad(batch[name]), pad(second[name])], dim=1)
             batch["labels"] = torch.tensor([row["label"] for row in rows])
             return batch
-        batch.update(self._regions(rows))
         if self.task == "vqa":
             labels = torch.zeros(len(rows), self.num_labels)
             for i, row in enumerate(rows):
@@ -299,12 +306,6 @@ class DataCollatorForVLTask:
         group = negatives + 1
         # text i with image i (positive), then images i+1, ..., i+negatives (negatives)
         order = [(i + k) % size for i in range(size) for k in range(group)]
-        batch = dict(
-            self.processor.tokenizer(
-                [texts[i] for i in range(size) for _ in range(group)],
-                padding=True, truncation=True, max_length=self.max_length, return_tensors="pt",
-            )
-        )
-        batch.update(self._regions(rows, order=order))
+        batch = self._encode(rows, [texts[i] for i in range(size) for _ in range(group)], order=order)
         batch["group_size"] = group
         return batch
