@@ -34,11 +34,17 @@ def pipeline_tag(model) -> str:
     return next((tag for suffix, tag in PIPELINE_TAGS.items() if name.endswith(suffix)), "feature-extraction")
 
 
+def _takes_regions(model) -> bool:
+    """Region-feature models take `visual_feats`/`visual_embeds`; pixel models take `pixel_values`."""
+    parameters = inspect.signature(model.forward).parameters
+    return "pixel_values" not in parameters
+
+
 def model_card(model, base_model=None, datasets=None, conversion=None, results=None, repo_id=None) -> str:
     """A README.md with Hub metadata (library, pipeline tag, tags, base model, datasets), how to load the model,
     how it was made, and measured results."""
     arch = model.config.model_type
-    tags = ["hf_vlp", arch, "vision-language", "region-features"]
+    tags = ["hf_vlp", arch, "vision-language", "region-features" if _takes_regions(model) else "image-text"]
     meta = {"library_name": "transformers", "pipeline_tag": pipeline_tag(model), "tags": tags}
     if base_model:
         meta["base_model"] = base_model
@@ -59,12 +65,18 @@ def model_card(model, base_model=None, datasets=None, conversion=None, results=N
         "import hf_vlp  # registers the architecture; or pass trust_remote_code=True without hf_vlp\n\n"
         f'processor = AutoProcessor.from_pretrained("{name}")\n'
         f'model = {auto}.from_pretrained("{name}")\n'
-        "inputs = processor(text=[question], visual_feats=[region_features], boxes=[boxes_xyxy_pixels],\n"
-        "                   image_sizes=[(width, height)])\n"
-        "outputs = model(**inputs)\n"
+        + (
+            "inputs = processor(text=[question], visual_feats=[region_features], boxes=[boxes_xyxy_pixels],\n"
+            "                   image_sizes=[(width, height)])\n"
+            if _takes_regions(model)
+            else "inputs = processor(images=[image], text=[question], return_tensors='pt')\n"
+        )
+        + "outputs = model(**inputs)\n"
         "```\n",
         "Inputs: region features (N, D) and their boxes `x1, y1, x2, y2` in pixels with the image size; the "
-        "processor normalizes the boxes and pads the batch.\n",
+        "processor normalizes the boxes and pads the batch.\n"
+        if _takes_regions(model)
+        else "Inputs: RGB images (the processor resizes and normalizes them) and text.\n",
     ]
     if conversion:
         parts += ["## How it was made\n", conversion.strip() + "\n"]

@@ -19,7 +19,6 @@ API (stable; other architectures import it):
     gather_without_grad(tensor)   # concat over ranks, no graph (e.g. BLIP's momentum queues)
 """
 
-from __future__ import annotations
 
 import torch
 import torch.distributed as dist
@@ -188,8 +187,9 @@ def contrastive_loss(
         all_ids = gather_without_grad(sample_ids, group) if gather else sample_ids
         positives = (sample_ids[:, None] == all_ids[None, :]).float()
         soft_targets = positives / positives.sum(dim=1, keepdim=True)
-        loss_sum = -(soft_targets * F.log_softmax(logits_per_image, dim=1)).sum() - (
-            soft_targets * F.log_softmax(logits_per_text, dim=1)
-        ).sum()
+        loss_sum = (
+            -(soft_targets * F.log_softmax(logits_per_image, dim=1)).sum()
+            - (soft_targets * F.log_softmax(logits_per_text, dim=1)).sum()
+        )
     # scale so that the mean over ranks is the global mean (see module docstring)
     return loss_sum / 2 * world_size / total
