@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -291,7 +291,8 @@ class GroundingInputs:
 def grounding_inputs(processor: CptProcessor, image, boxes, text: str, region_features, labels=None, masks=None,
                      box_format: str = "xywh", target_box=None, span=None) -> GroundingInputs:
     """Paint one copy per candidate (per colour group), extract every candidate's features from every copy, and
-    tokenize `<text> is in [MASK] color.` (+ the tags with the painted candidate's colour word, if `labels`)."""
+    tokenize the processor's template (default `<text> is in [MASK] color.`) with, if `labels` are given, the
+    object tags carrying the painted candidate's colour word."""
     pixels = to_rgb_array(image)
     height, width = pixels.shape[:2]
     copies = processor.paint_candidates(pixels, boxes=boxes, masks=masks, box_format=box_format)
@@ -381,6 +382,47 @@ def predicate_scores(model, inputs: dict, mask_positions: Sequence[Sequence[int]
     ]
     return (relation_scores(log_probs[:max_masks], predicate_ids),
             relation_scores(log_probs[max_masks:], predicate_ids))
+
+
+def relation_inputs(processor: CptProcessor, image, boxes_xyxy, pair: tuple[int, int], labels: Sequence[str],
+                    region_features, colors="vg", max_masks: int = 3) -> tuple[dict, list[list[int]], object]:
+    """VG-style relation prompts of one ordered pair: the subject painted red and the object blue on one copy,
+    every box's feature from it, and the `2 * max_masks` prompt rows (`vg_test_dataset.py`). Returns the model
+    inputs, the mask positions per row and the painted image."""
+    pixels = to_rgb_array(image)
+    height, width = pixels.shape[:2]
+    if len(labels) != len(boxes_xyxy):
+        raise ValueError(f"got {len(labels)} `labels` for {len(boxes_xyxy)} boxes; pass one object name per box.")
+    painted = processor.paint_relation(pixels, boxes_xyxy, pair, colors)
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64)
+    features = _extract(region_features, [painted], [boxes])
+    texts = processor.relation_texts(labels[pair[0]], labels[pair[1]], labels, pair, colors, max_masks)
+    encoded = processor.encode(texts, expected_masks=None)
+    positions = encoded["mask_positions"]
+    for row, row_positions in enumerate(positions):
+        if len(row_positions) != row % max_masks + 1:
+            raise ValueError(f"prompt {row} ({texts[row][0]!r}) lost its [MASK] tokens to truncation; "
+                             "raise the processor's `max_text_length`.")
+    inputs = {k: encoded[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+    regions = region_inputs(features, [boxes], width, height)
+    inputs.update({k: v.expand(len(texts), *v.shape[1:]) for k, v in regions.items()})
+    return inputs, positions, painted
+
+
+@torch.no_grad()
+def predict_relation(model, processor: CptProcessor, image, boxes_xyxy, pair: tuple[int, int], labels,
+                     predicates: Sequence[str], region_features, max_masks: int = 3):
+    """Scores of every predicate for `subject pair[0] -> object pair[1]` and the reverse direction (mean
+    log-probability of the predicate's word pieces; `fewshot/vg_cpt.py val`). Returns (forward, reverse)."""
+    inputs, positions, _ = relation_inputs(processor, image, boxes_xyxy, pair, labels, region_features,
+                                           max_masks=max_masks)
+    predicate_ids = predicate_token_ids(processor.tokenizer, predicates)
+    was_training = model.training
+    model.eval()
+    try:
+        return predicate_scores(model, inputs, positions, predicate_ids, max_masks)
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -616,13 +658,13 @@ def run_cli(args) -> int:
 
 __all__ = [
     "ADAPTERS",
+    "PREDICATE_REWRITES",
     "CptAdapter",
     "CptDataCollator",
     "CptForMaskedLM",
     "GroundingInputs",
     "GroundingResult",
     "OscarAdapter",
-    "PREDICATE_REWRITES",
     "UniterAdapter",
     "adapter_for",
     "add_cli",
@@ -636,9 +678,11 @@ __all__ = [
     "mask_logits",
     "predicate_scores",
     "predicate_token_ids",
+    "predict_relation",
     "region_inputs",
-    "relation_scores",
     "register_adapter",
+    "relation_inputs",
+    "relation_scores",
     "run_cli",
     "tune",
 ]
