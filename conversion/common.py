@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-WRAPPER_KEYS = ("model_state", "state_dict", "model", "module", "network")
+WRAPPER_KEYS = ("model_state", "model_state_dict", "state_dict", "model", "module", "network")
 
 
 class ConversionError(ValueError):

@@ -185,6 +185,11 @@ def write_remote_code(model, directory):
     )
     for auto_name, model_class in classes.items():
         auto_map[auto_name] = f"modeling_{arch}.{model_class.__name__}"
+    # heads without an Auto class (retrieval, NLVR2, entailment, referring expressions) are listed by class name
+    # so a Hub user finds them: `get_class_from_dynamic_module(auto_map[name], repo)`
+    for model_class in ARCHITECTURES.get(arch, {}).get("heads", {}).values():
+        if model_class.__module__ == model_module:
+            auto_map.setdefault(model_class.__name__, f"modeling_{arch}.{model_class.__name__}")
     config_path = directory / "config.json"
     config = json.loads(config_path.read_text())
     config["auto_map"] = auto_map

@@ -12,6 +12,13 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 # sizes of the "small" models the demo and examples train in minutes on a CPU
 SMALL_SIZES = dict(hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256)
+# two-stream models also size their visual stream and co-attention
+SMALL_STREAM_SIZES = {
+    "vilbert": dict(v_hidden_size=128, v_num_hidden_layers=3, v_num_attention_heads=4, v_intermediate_size=256,
+                    bi_hidden_size=128, bi_num_attention_heads=4),
+    "ernie_vil": dict(v_hidden_size=128, v_num_hidden_layers=3, v_num_attention_heads=4, v_intermediate_size=256,
+                      co_hidden_size=128, co_num_attention_heads=4, co_intermediate_size=256),
+}
 
 
 def shapes_tokenizer(save_dir=None, num_images=200):
@@ -55,7 +62,7 @@ def build_config(arch, tokenizer, visual_feat_dim, sizes=None, **overrides):
     from .data.shapes import SHAPES_CLASSES
 
     config_class = ARCHITECTURES[arch]["config"]
-    sizes = SMALL_SIZES if sizes is None else sizes
+    sizes = {**(SMALL_SIZES if sizes is None else sizes), **SMALL_STREAM_SIZES.get(arch, {})}
     defaults = dict(vocab_size=len(tokenizer), visual_feat_dim=visual_feat_dim, num_region_classes=len(SHAPES_CLASSES))
     return config_class(**{**defaults, **sizes, **overrides})
 

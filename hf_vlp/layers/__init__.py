@@ -1,6 +1,7 @@
 """Building blocks written once and shared by every architecture (DESIGN.md, "Layout")."""
 
 from .attention import AttentionBlock, MultiHeadAttention, ResidualOutput, eager_attention_forward
+from .coattention import CoAttentionLayer, StreamAttention, StreamLayer, StreamSpec
 from .boxes import BOX_FEATURE_SIZES, box_location_features, check_visual_inputs
 from .embeddings import RegionEmbeddings, TextEmbeddings
 from .heads import MaskedLMHead, Pooler, PredictionHeadTransform, mlp_classifier
@@ -10,6 +11,10 @@ from .transformer import FeedForward, Intermediate, TransformerEncoder, Transfor
 __all__ = [
     "AttentionBlock",
     "BOX_FEATURE_SIZES",
+    "CoAttentionLayer",
+    "StreamAttention",
+    "StreamLayer",
+    "StreamSpec",
     "FeedForward",
     "Intermediate",
     "MaskedLMHead",

@@ -293,7 +293,9 @@ class DataCollatorForVLTask:
                     labels[i, answer] = max(labels[i, answer].item(), score)
             batch["labels"] = labels
         elif self.task == "refexp":
-            batch["labels"] = torch.tensor([row["target_index"] for row in rows])
+            # a prepended whole-image region (ViLBERT) shifts every region index by one
+            offset = int(getattr(self.processor.image_processor, "add_global_region", False))
+            batch["labels"] = torch.tensor([row["target_index"] + offset for row in rows])
         else:
             batch["labels"] = torch.tensor([row["label"] for row in rows])
         return batch

@@ -1,0 +1,253 @@
+"""ERNIE-ViL: knowledge-enhanced vision-language representations through scene graphs (Yu et al., AAAI 2021).
+
+A variant of ViLBERT (`hf_vlp.modeling.vilbert`): the encoder is ViLBERT's two-stream encoder — text BERT layers,
+visual layers, co-attention blocks on the `v_biattention_id` / `t_biattention_id` schedule, ReLU first-token poolers
+to `co_hidden_size`, fusion by element-wise product — built from the same classes, with ERNIE-ViL's config
+(LayerNorm eps 1e-5, one activation for both streams, text FFN 4 * hidden). What is ERNIE-ViL's own is here: the
+pretraining objectives (scene-graph prediction: object, attribute and relationship prediction on caption words
+parsed from the caption's scene graph — `scene_graph.py` builds the targets — plus MLM, masked region
+classification and image-text matching) and its fine-tuning heads (PaddlePaddle/ERNIE `ernie-vil/finetune.py`:
+VCR, VQA, Flickr30k retrieval, RefCOCO+).
+
+Differences from the Paddle original that do not change outputs at real positions: masks are applied to keys only
+(the original also masks padded query rows, whose outputs nobody reads); `position_ids` default to 0..T-1 (the
+original's readers feed exactly that).
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.utils import ModelOutput
+
+from hf_vlp.layers import MaskedLMHead
+from hf_vlp.modeling.vilbert.modeling_vilbert import (
+    VilbertForImageTextRetrieval,
+    VilbertForMultipleChoice,
+    VilbertForReferringExpression,
+    VilbertModel,
+    VilbertPreTrainedModel,
+    VilbertRegionHead,
+    VilbertTaskModel,
+    soft_score_loss,
+)
+from hf_vlp.pretraining.losses import masked_cross_entropy, zero_loss
+
+from .configuration_ernie_vil import ErnieVilConfig
+
+SCENE_GRAPH_OBJECTIVES = ("object", "attribute", "relation")
+
+
+@dataclass
+class ErnieVilForPreTrainingOutput(ModelOutput):
+    """Summed weighted `loss` and each objective's loss. `mlm_logits` (B, T, vocab) and `region_logits` (B, R, C)
+    cover every position when no text / region labels are given; `itm_logits` (B, 2), index 1 = match."""
+
+    loss: torch.FloatTensor | None = None
+    mlm_loss: torch.FloatTensor | None = None
+    object_loss: torch.FloatTensor | None = None
+    attribute_loss: torch.FloatTensor | None = None
+    relation_loss: torch.FloatTensor | None = None
+    mrc_loss: torch.FloatTensor | None = None
+    itm_loss: torch.FloatTensor | None = None
+    mlm_logits: torch.FloatTensor | None = None
+    region_logits: torch.FloatTensor | None = None
+    itm_logits: torch.FloatTensor | None = None
+
+
+class ErnieVilPreTrainedModel(VilbertPreTrainedModel):
+    config_class = ErnieVilConfig
+    base_model_prefix = "ernie_vil"
+
+
+class ErnieVilModel(ErnieVilPreTrainedModel, VilbertModel):
+    """The ERNIE-ViL two-stream encoder (ViLBERT's `VilbertModel` under an ERNIE-ViL config). Inputs as ViLBERT's:
+    `input_ids`, `token_type_ids` (the original's `sentence_ids`), `position_ids`, `attention_mask`, `visual_feats`
+    (B, R, 2048) with the whole-image mean feature as region 0, `visual_pos` (B, R, 4) normalized boxes (the
+    5-d location `[x1, y1, x2, y2, area]` is derived inside), `visual_attention_mask`."""
+
+
+class ErnieVilTaskModel(ErnieVilPreTrainedModel, VilbertTaskModel):
+    backbone_class = ErnieVilModel
+
+
+class ErnieVilForPreTraining(ErnieVilPreTrainedModel):
+    """ERNIE-ViL with its pretraining objectives; each loss is computed when its labels are given.
+
+    Text (all (B, T) token ids at masked positions, -100 elsewhere; one shared MLM head predicts every masked word,
+    paper Sec. 3.2):
+      - `labels`: masked language modelling on randomly masked words;
+      - `object_labels`: object prediction — words of scene-graph objects, masked;
+      - `attribute_labels`: attribute prediction — attribute words of object-attribute pairs, masked;
+      - `relation_labels`: relationship prediction — relation words of (subject, relation, object) triplets, masked.
+      `SceneGraphTargetBuilder` makes them from captions.
+    Image: `region_mask` (B, R) + `region_soft_labels` (B, R, class_size) detector distributions (KL, the original's
+    `use_soft_label=True`) and/or `region_class_labels` (B, R) (cross-entropy): masked region classification.
+    Matching: `itm_labels` (B,) 1 = the caption describes the image.
+    """
+
+    _tied_weights_keys = {"mlm_head.decoder.weight": "ernie_vil.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config: ErnieVilConfig):
+        super().__init__(config)
+        self.ernie_vil = ErnieVilModel(config)
+        self.mlm_head = MaskedLMHead(config.hidden_size, config.vocab_size, config.hidden_act, config.layer_norm_eps)
+        self.region_head = VilbertRegionHead(config)
+        self.itm_head = nn.Linear(config.co_hidden_size, 2)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.mlm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.mlm_head.decoder = new_embeddings
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        visual_feats=None,
+        visual_pos=None,
+        visual_attention_mask=None,
+        region_mask=None,
+        labels=None,
+        object_labels=None,
+        attribute_labels=None,
+        relation_labels=None,
+        region_soft_labels=None,
+        region_class_labels=None,
+        itm_labels=None,
+        return_dict=None,
+        **kwargs,
+    ):
+        config = self.config
+        has_region_labels = region_soft_labels is not None or region_class_labels is not None
+        if has_region_labels and region_mask is None:
+            raise ValueError("masked region labels were given without `region_mask` (B, R) marking the masked regions.")
+        outputs = self.ernie_vil(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            visual_feats=visual_feats,
+            visual_pos=visual_pos,
+            visual_attention_mask=visual_attention_mask,
+            region_mask=region_mask,
+            **kwargs,
+        )
+        result = ErnieVilForPreTrainingOutput()
+        weighted = []
+
+        text_labels = {
+            "mlm": (labels, config.mlm_weight),
+            "object": (object_labels, config.object_weight),
+            "attribute": (attribute_labels, config.attribute_weight),
+            "relation": (relation_labels, config.relation_weight),
+        }
+        given = {name: value for name, value in text_labels.items() if value[0] is not None}
+        if given:
+            # one pass of the MLM head over every position some objective predicts
+            shape = outputs.text_hidden_state.shape[:2]
+            for name, (value, _) in given.items():
+                if value.shape != shape:
+                    raise ValueError(f"`{name if name == 'mlm' else name + '_'}labels` must have shape {tuple(shape)}, got {tuple(value.shape)}.")
+            predicted = torch.zeros(shape, dtype=torch.bool, device=outputs.text_hidden_state.device)
+            for value, _ in given.values():
+                predicted |= value != -100
+            logits = self.mlm_head(outputs.text_hidden_state[predicted])
+            for name, (value, weight) in given.items():
+                loss = masked_cross_entropy(logits, value[predicted])
+                setattr(result, f"{name}_loss", loss)
+                weighted.append(weight * loss)
+            result.mlm_logits = logits
+        else:
+            result.mlm_logits = self.mlm_head(outputs.text_hidden_state)
+
+        visual_states = outputs.visual_hidden_state
+        if has_region_labels:
+            masked = region_mask.bool()
+            if visual_attention_mask is not None:
+                masked = masked & visual_attention_mask.bool()
+            result.region_logits = self.region_head(visual_states[masked])
+            losses = []
+            if not masked.any():
+                losses.append(zero_loss(result.region_logits))
+            else:
+                if region_soft_labels is not None:
+                    log_probs = F.log_softmax(result.region_logits.float(), dim=-1)
+                    kl = F.kl_div(log_probs, region_soft_labels[masked].float(), reduction="none").sum(-1)
+                    losses.append(kl.mean())
+                if region_class_labels is not None:
+                    losses.append(masked_cross_entropy(result.region_logits, region_class_labels[masked]))
+            result.mrc_loss = torch.stack(losses).sum()
+            weighted.append(config.mrc_weight * result.mrc_loss)
+        else:
+            result.region_logits = self.region_head(visual_states)
+
+        result.itm_logits = self.itm_head(self.dropout(outputs.pooler_output))
+        if itm_labels is not None:
+            result.itm_loss = masked_cross_entropy(result.itm_logits, itm_labels)
+            weighted.append(config.itm_weight * result.itm_loss)
+
+        if weighted:
+            result.loss = torch.stack(weighted).sum()
+        return result if return_dict is not False else result.to_tuple()
+
+
+class ErnieVilForMultipleChoice(ErnieVilPreTrainedModel, VilbertForMultipleChoice):
+    """VCR Q->A / QA->R (`create_vcr_model`): Linear(co_hidden, 1) (`<task_prefix>_fc`) on the fused pooled vector of
+    each (question + choice, image) pair, softmax over the choices. Inputs and labels as `VilbertForMultipleChoice`."""
+
+    backbone_class = ErnieVilModel
+
+
+class ErnieVilForVisualQuestionAnswering(ErnieVilTaskModel):
+    """VQA (`create_vqa_model`): Linear(co_hidden, vqa_hidden_size) + ReLU + dropout 0.5 + Linear(num_labels) on the
+    fused pooled vector (`vqa_fc_w_0/b_0`, `vqa_fc_w_1/b_1`; no LayerNorm, unlike ViLBERT's head). `labels`: (B,
+    num_labels) soft scores or (B,) answer ids; sigmoid cross-entropy summed over answers, averaged over examples."""
+
+    def __init__(self, config: ErnieVilConfig):
+        super().__init__(config)
+        self.vqa_classifier = nn.Sequential(
+            nn.Linear(config.co_hidden_size, config.vqa_hidden_size),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(config.vqa_hidden_size, config.num_labels),
+        )
+        self.post_init()
+
+    def forward(self, labels=None, return_dict=None, **inputs):
+        outputs = self._encode(**inputs)
+        logits = self.vqa_classifier(outputs.pooler_output)
+        loss = soft_score_loss(logits, labels, self.config.num_labels) if labels is not None else None
+        return self._output(loss, logits, outputs, return_dict)
+
+
+class ErnieVilForImageTextRetrieval(ErnieVilPreTrainedModel, VilbertForImageTextRetrieval):
+    """Flickr30k retrieval (`create_flickr_model`): Linear(co_hidden, 1) (`match_fc`) on the fused pooled vector.
+    Training as `VilbertForImageTextRetrieval` (BCE on 1/0 labels or cross-entropy over groups); the original's
+    circle loss over caption / image negatives is not reproduced."""
+
+    backbone_class = ErnieVilModel
+
+
+class ErnieVilForReferringExpression(ErnieVilPreTrainedModel, VilbertForReferringExpression):
+    """RefCOCO+ (`create_refcoco_plus_model`): Linear(v_hidden, 1) (`cls_seq_label_vl_out`) on each final visual
+    state; padded regions get the dtype's lowest score. Labels as `VilbertForReferringExpression`."""
+
+    backbone_class = ErnieVilModel
+
+
+__all__ = [
+    "ErnieVilForImageTextRetrieval",
+    "ErnieVilForMultipleChoice",
+    "ErnieVilForPreTraining",
+    "ErnieVilForReferringExpression",
+    "ErnieVilForVisualQuestionAnswering",
+    "ErnieVilModel",
+    "ErnieVilPreTrainedModel",
+]
