@@ -295,7 +295,7 @@ def convert(checkpoint, config=None, head=None, box_feature_kind="xyxy_wh", tag_
     return load_mapped_state(model, mapped).eval()
 
 
-def build_processor(checkpoint, config=None):
+def build_processor(checkpoint, config=None, tokenizer=None):
     """An `OscarProcessor` for a converted checkpoint folder: its own `vocab.txt` (lower-cased WordPiece, as the
     original `BertTokenizer(do_lower_case=True)`) + the region-feature processor. Object tags are then given as
     class names (`region_labels`); None if the folder has no vocabulary."""
@@ -305,6 +305,7 @@ def build_processor(checkpoint, config=None):
     from hf_vlp.processing.region import RegionFeatureProcessor
 
     folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+    folder = Path(tokenizer) if tokenizer else folder  # --tokenizer DIR overrides the checkpoint folder's vocab
     if not (folder / "vocab.txt").exists():
         return None
     tokenizer = BertTokenizer.from_pretrained(str(folder), do_lower_case=True)

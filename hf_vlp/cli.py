@@ -19,7 +19,10 @@ def _convert(args):
     if not ok:
         print("verification FAILED: nothing saved or pushed")
         return 1
-    processor = _processor_for(model, args.tokenizer) if args.tokenizer else None
+    if hasattr(module, "build_processor"):  # the format knows its own processor (tokenizer, image geometry)
+        processor = module.build_processor(args.checkpoint, args.config, tokenizer=args.tokenizer)
+    else:
+        processor = _processor_for(model, args.tokenizer) if args.tokenizer else None
     card = dict(conversion=f"Converted from the original `{args.checkpoint}` with `hf-vlp convert {args.arch}`"
                 + (f", verified against `{args.verify}` (max abs diff <= {atol:g})." if args.verify else "."))
     if args.output:

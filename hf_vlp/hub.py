@@ -174,7 +174,10 @@ def write_remote_code(model, directory):
     modeling = flat_source(model_module)
     # the modeling bundle imports its config from the sibling file instead of carrying a second copy
     modeling = modeling.replace(f"\nclass {config_class}(", f"\nclass _Unused{config_class}(", 1)
-    modeling = f"from .configuration_{arch} import {config_class}\n" + modeling
+    lines = modeling.splitlines(keepends=True)
+    after_future = max((i + 1 for i, line in enumerate(lines) if line.startswith("from __future__")), default=1)
+    lines.insert(after_future, f"from .configuration_{arch} import {config_class}\n")
+    modeling = "".join(lines)
     (directory / f"modeling_{arch}.py").write_text(modeling)
 
     auto_map = {"AutoConfig": f"configuration_{arch}.{config_class}"}

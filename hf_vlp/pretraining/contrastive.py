@@ -19,7 +19,6 @@ API (stable; other architectures import it):
     gather_without_grad(tensor)   # concat over ranks, no graph (e.g. BLIP's momentum queues)
 """
 
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
