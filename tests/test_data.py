@@ -341,8 +341,11 @@ def test_coco_captions_one_row_per_caption_with_region_features(tmp_path):
     with pytest.raises(ValueError, match="no entry for 1 image"):
         load_coco_captions(tmp_path / "captions.json", region_features=regions[:1])
     (tmp_path / "bad.json").write_text(json.dumps({"images": []}))
-    with pytest.raises(ValueError, match="'annotations' list"):
+    with pytest.raises(ValueError, match="annotations_file=.* must be a JSON object with a 'annotations' list"):
         load_coco_captions(tmp_path / "bad.json")
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match="annotations_file=.* is not valid JSON"):
+        load_coco_captions(tmp_path / "broken.json")
 
 
 def test_vqa_v2_soft_scores_normalisation_and_vocabulary(tmp_path):

@@ -77,13 +77,18 @@ def _id_feature(values: list) -> datasets.Value:
     return datasets.Value("int64" if all(isinstance(v, int) for v in values) else "string")
 
 
-def _read_json(path: str | os.PathLike, key: str, argument: str) -> list:
-    with open(path) as handle:
-        data = json.load(handle)
-    if not isinstance(data, dict) or not isinstance(data.get(key), list):
-        found = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{argument}={str(path)!r} must be a JSON object with a {key!r} list, found {found}")
-    return data[key]
+def _read_json(path: str | os.PathLike, keys: tuple[str, ...], argument: str) -> list | tuple[list, ...]:
+    """The lists under `keys` of a JSON object file (one list, or a tuple of lists for several keys)."""
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{argument}={str(path)!r} is not valid JSON: {error}") from None
+    for key in keys:
+        if not isinstance(data, dict) or not isinstance(data.get(key), list):
+            found = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"{argument}={str(path)!r} must be a JSON object with a {key!r} list, found {found}")
+    return data[keys[0]] if len(keys) == 1 else tuple(data[key] for key in keys)
 
 
 def _require(entry: dict, keys: tuple[str, ...], where: str) -> None:
@@ -119,12 +124,13 @@ def load_coco_captions(annotations_file: str | os.PathLike, image_dir: str | os.
     lazily from `image_dir`/file_name) when `image_dir` is given; `boxes` + `region_features` when
     `region_features` (reader dicts, a list or a mapping by image id) is given.
     """
+    image_entries, caption_entries = _read_json(annotations_file, ("images", "annotations"), "annotations_file")
     images = {}
-    for entry in _read_json(annotations_file, "images", "annotations_file"):
+    for entry in image_entries:
         _require(entry, ("id",), "annotations_file images entry")
         images[entry["id"]] = entry
     columns = {name: [] for name in ("image_id", "caption_id", "text", "file_name", "image_width", "image_height")}
-    for entry in _read_json(annotations_file, "annotations", "annotations_file"):
+    for entry in caption_entries:
         _require(entry, ("image_id", "caption"), "annotations_file annotations entry")
         image = images.get(entry["image_id"])
         if image is None:
@@ -167,7 +173,7 @@ def load_vqa_v2(questions_file: str | os.PathLike, annotations_file: str | os.Pa
     get no id, as in the bottom-up-attention preprocessing.
     """
     columns = {"question_id": [], "image_id": [], "question": []}
-    for entry in _read_json(questions_file, "questions", "questions_file"):
+    for entry in _read_json(questions_file, ("questions",), "questions_file"):
         _require(entry, ("question_id", "image_id", "question"), "questions_file questions entry")
         for name, values in columns.items():
             values.append(entry[name])
@@ -175,7 +181,7 @@ def load_vqa_v2(questions_file: str | os.PathLike, annotations_file: str | os.Pa
                 "question": datasets.Value("string")}
     if annotations_file is not None:
         annotations = {}
-        for entry in _read_json(annotations_file, "annotations", "annotations_file"):
+        for entry in _read_json(annotations_file, ("annotations",), "annotations_file"):
             _require(entry, ("question_id", "answers"), "annotations_file annotations entry")
             annotations[entry["question_id"]] = entry
         missing = [q for q in columns["question_id"] if q not in annotations]
