@@ -389,38 +389,25 @@ class UniterForVisualQuestionAnswering(UniterPreTrainedModel):
         )
         self.post_init()
 
+    def compute_loss(self, logits, labels):
+        if labels.shape != logits.shape:
+            raise ValueError(f"`labels` must be soft answer scores of shape {tuple(logits.shape)}, got {tuple(labels.shape)}.")
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="sum") / labels.shape[0]
+
     def forward(self, labels=None, return_dict=None, **inputs):
         outputs = self.uniter(**inputs)
         logits = self.classifier(outputs.pooler_output)
-        loss = None
-        if labels is not None:
-            if labels.shape != logits.shape:
-                raise ValueError(f"`labels` must be soft answer scores of shape {tuple(logits.shape)}, got {tuple(labels.shape)}.")
-            loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="sum") / labels.shape[0]
+        loss = self.compute_loss(logits, labels) if labels is not None else None
         result = UniterTaskOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
         return result if return_dict is not False else result.to_tuple()
 
 
-class UniterForVisualEntailment(UniterPreTrainedModel):
+class UniterForVisualEntailment(UniterForVisualQuestionAnswering):
     """SNLI-VE: the VQA head with 3 classes (`model/ve.py`), trained with cross-entropy over
     {entailment, neutral, contradiction}. `labels`: (B,) class ids, or (B, 3) soft targets."""
 
-    def __init__(self, config: UniterConfig):
-        super().__init__(config)
-        self.uniter = UniterModel(config)
-        self.classifier = mlp_classifier(
-            config.hidden_size, 2 * config.hidden_size, config.num_labels, config.layer_norm_eps
-        )
-        self.post_init()
-
-    def forward(self, labels=None, return_dict=None, **inputs):
-        outputs = self.uniter(**inputs)
-        logits = self.classifier(outputs.pooler_output)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.float(), labels if labels.dim() == 1 else labels.float())
-        result = UniterTaskOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
-        return result if return_dict is not False else result.to_tuple()
+    def compute_loss(self, logits, labels):
+        return F.cross_entropy(logits.float(), labels if labels.dim() == 1 else labels.float())
 
 
 class AttentionPool(nn.Module):
