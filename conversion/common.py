@@ -103,6 +103,19 @@ def load_mapped_state(model, mapped: dict, allow_missing=()):
     return model
 
 
+def parse_option_values(options: dict) -> dict:
+    """`--option key=value` strings from the CLI become JSON values (numbers, booleans, lists) where they parse."""
+    parsed = {}
+    for key, value in options.items():
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass  # a plain string value
+        parsed[key] = value
+    return parsed
+
+
 def read_json(path):
     with open(path) as handle:
         return json.load(handle)

@@ -32,7 +32,15 @@ from hf_vlp.modeling.lxmert import (
     LxmertForVisualQuestionAnswering,
 )
 
-from .common import ConversionError, KeyMap, Skipped, load_checkpoint, load_mapped_state, read_json
+from .common import (
+    ConversionError,
+    KeyMap,
+    Skipped,
+    load_checkpoint,
+    load_mapped_state,
+    parse_option_values,
+    read_json,
+)
 
 KEY_MAP = KeyMap(
     renames=[
@@ -157,16 +165,7 @@ def convert(checkpoint, config=None, answers=None, **options):
 
 
 def _config_overrides(options):
-    """`--option key=value` strings from the CLI become JSON values (numbers, booleans) where they parse."""
-    overrides = {}
-    for key, value in options.items():
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
-        overrides[key] = value
-    return overrides
+    return parse_option_values(options)
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -34,7 +34,15 @@ from hf_vlp.modeling.visual_bert import (
     VisualBertForVisualReasoning,
 )
 
-from .common import ConversionError, KeyMap, Skipped, load_checkpoint, load_mapped_state, read_json
+from .common import (
+    ConversionError,
+    KeyMap,
+    Skipped,
+    load_checkpoint,
+    load_mapped_state,
+    parse_option_values,
+    read_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -204,16 +212,7 @@ def convert(checkpoint, config=None, head=None, training_config=None, **options)
 
 
 def _config_overrides(options):
-    """`--option key=value` strings from the CLI become JSON values (numbers, booleans) where they parse."""
-    overrides = {}
-    for key, value in options.items():
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
-        overrides[key] = value
-    return overrides
+    return parse_option_values(options)
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -143,7 +143,7 @@ def main(argv=None):
 
     demo = commands.add_parser("demo", help="pretrain + fine-tune UNITER on the shapes world, save, reload, answer")
     demo.add_argument("--output_dir", default="demo_output")
-    demo.add_argument("--minutes", type=float, default=6.0, help="approximate training budget")
+    demo.add_argument("--minutes", type=float, default=4.0, help="approximate training budget")
     demo.add_argument("--bf16", action="store_true")
 
     bench = commands.add_parser("bench", help="training / inference throughput, memory and achieved GFLOP/s")
