@@ -5,7 +5,7 @@ from .coattention import CoAttentionLayer, StreamAttention, StreamLayer, StreamS
 from .boxes import BOX_FEATURE_SIZES, box_location_features, check_visual_inputs
 from .embeddings import RegionEmbeddings, TextEmbeddings
 from .heads import MaskedLMHead, Pooler, PredictionHeadTransform, mlp_classifier
-from .masks import additive_attention_mask
+from .masks import additive_attention_mask, joint_padding_mask
 from .transformer import FeedForward, Intermediate, TransformerEncoder, TransformerLayer
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "TransformerEncoder",
     "TransformerLayer",
     "additive_attention_mask",
+    "joint_padding_mask",
     "box_location_features",
     "check_visual_inputs",
     "eager_attention_forward",

@@ -11,3 +11,12 @@ def additive_attention_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Ten
     """
     mask = mask[:, None, None, :].to(dtype)
     return (1.0 - mask) * torch.finfo(dtype).min
+
+
+def joint_padding_mask(attention_mask, visual_attention_mask, text_shape, num_regions, device) -> torch.Tensor:
+    """(B, T + R) 1/0 mask of a single-stream `[text | regions]` sequence; a missing part counts as all real."""
+    if attention_mask is None:
+        attention_mask = torch.ones(text_shape, dtype=torch.long, device=device)
+    if visual_attention_mask is None:
+        visual_attention_mask = torch.ones(text_shape[0], num_regions, dtype=torch.long, device=device)
+    return torch.cat([attention_mask.long(), visual_attention_mask.long()], dim=1)

@@ -32,6 +32,7 @@ from hf_vlp.layers import (
     additive_attention_mask,
     box_location_features,
     check_visual_inputs,
+    joint_padding_mask,
 )
 from hf_vlp.pretraining.losses import masked_cross_entropy
 
@@ -311,12 +312,9 @@ class OscarModel(OscarPreTrainedModel):
             _check_text_mask("attention_mask", attention_mask, (text_shape[0], length, length))
             mask = attention_mask
         else:
-            if attention_mask is None:
-                attention_mask = torch.ones(text_shape, dtype=torch.long, device=device)
-            _check_text_mask("attention_mask", attention_mask, text_shape)
-            if visual_attention_mask is None:
-                visual_attention_mask = torch.ones(visual_feats.shape[:2], dtype=torch.long, device=device)
-            mask = torch.cat([attention_mask.long(), visual_attention_mask.long()], dim=1)
+            if attention_mask is not None:
+                _check_text_mask("attention_mask", attention_mask, text_shape)
+            mask = joint_padding_mask(attention_mask, visual_attention_mask, text_shape, visual_feats.shape[1], device)
 
         sequence, all_hidden, all_attentions = self.encoder(
             hidden_states,

@@ -27,6 +27,7 @@ from hf_vlp.layers import (
     TransformerLayer,
     additive_attention_mask,
     check_visual_inputs,
+    joint_padding_mask,
     mlp_classifier,
 )
 from hf_vlp.pretraining.losses import masked_cross_entropy, optimal_transport_distance, zero_loss
@@ -176,12 +177,9 @@ class UniterModel(UniterPreTrainedModel):
         )
         hidden_states = torch.cat([text_embeddings, visual_embeddings], dim=1)
 
-        device = hidden_states.device
-        if attention_mask is None:
-            attention_mask = torch.ones(text_shape, dtype=torch.long, device=device)
-        if visual_attention_mask is None:
-            visual_attention_mask = torch.ones(visual_feats.shape[:2], dtype=torch.long, device=device)
-        joint_mask = torch.cat([attention_mask.long(), visual_attention_mask.long()], dim=1)
+        joint_mask = joint_padding_mask(
+            attention_mask, visual_attention_mask, text_shape, visual_feats.shape[1], hidden_states.device
+        )
 
         sequence, all_hidden, all_attentions = self.encoder(
             hidden_states,
