@@ -1,162 +1,31 @@
-"""CPT — Colorful Prompt Tuning (Yao et al. 2021): zero-shot and few-shot visual grounding, relation prediction and
-answer scoring with any masked-LM vision-language model of hf_vlp.
-
-    from hf_vlp import cpt
-    from hf_vlp.processing.cpt import CptProcessor
-
-    processor = CptProcessor(tokenizer)                      # red blocks, "<caption> is in [MASK] color."
-    result = cpt.ground(model, processor, image, boxes, "woman in orange suit", labels=tags,
-                        region_features=RegionFeatureExtractor.default())
-    result.best_index, result.scores
-
-How CPT scores (the authors' code, thunlp/CPT `Oscar/oscar/{zeroshot,fewshot}/*_cpt.py`; see
-`../shared/fixtures/cpt/README.md` §4):
+"""CPT scoring: the masked-LM logits at the [MASK] of painted-image prompts, turned into the scores of the authors'
+evaluation code (thunlp/CPT `Oscar/oscar/{zeroshot,fewshot}/*_cpt.py`; `../shared/fixtures/cpt/README.md` §4).
 
 * grounding, zero-shot: one painted copy of the image per candidate; the candidate's score is the RAW logit of its
   colour word at the [MASK] position (`zeroshot/refcoco_cpt.py val`); the highest wins.
 * grounding, few-shot: score = logit(colour) / logit("none") (`fewshot/refcoco_cpt.py val`, a ratio of raw logits)
-  after fine-tuning with the masked-LM cross-entropy on the colour word (positives) or "none" (negatives).
+  after fine-tuning with the masked-LM cross-entropy on the colour word (`hf_vlp.cpt.tuning`).
 * relations (`fewshot/vg_cpt.py val`): the subject painted red, the object blue; predicate k with L word pieces is
   scored with the L-mask prompt by the mean log-softmax probability of its pieces at the L masks.
 * VCR (`fewshot/vcr_nsp_cpt.py`): the image-text matching head; an answer's score is the probability that text_b
   belongs to the question and image (Oscar+: `1 - softmax(seq_relationship)[1]`).
 * GQA (`fewshot/gqa_cpt.py`): MLM logits at the [MASK] of text_b over the first word piece of every answer.
-
-A model family plugs in through a small `CptAdapter` (text hidden states, MLM head, matching head); adapters for
-Oscar/VinVL and UNITER are registered here.
 """
 
 from __future__ import annotations
 
-import json
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
-from transformers.utils import ModelOutput
 
-from .processing.cpt import CptProcessor, PaintedCopy, color_token_id, to_rgb_array
+from ..processing.cpt import CptProcessor, PaintedCopy, color_token_id, to_rgb_array
+from .adapters import adapter_for
 
 # The VG predicates CPT renames before tokenizing (`fewshot/vg_cpt.py val`: rel2rel).
 PREDICATE_REWRITES = {"has": "having", "wears": "wearing", "says": "saying"}
 GROUNDING_METHODS = ("zero_shot", "ratio")
-
-# ------------------------------------------------------------------------------------------------------------------
-# Model adapters
-# ------------------------------------------------------------------------------------------------------------------
-
-ADAPTERS: dict[str, type] = {}
-
-
-def register_adapter(*model_types: str):
-    """Class decorator: use this `CptAdapter` for models whose `config.model_type` is one of `model_types`."""
-
-    def wrap(cls):
-        for model_type in model_types:
-            ADAPTERS[model_type] = cls
-        return cls
-
-    return wrap
-
-
-class CptAdapter:
-    """What CPT needs from a masked-LM VL model. Inputs use hf_vlp's vocabulary (DESIGN.md): `input_ids`,
-    `attention_mask`, `token_type_ids` (B, T), `visual_feats` (B, R, D), `visual_pos` (B, R, 4) normalized boxes,
-    `visual_attention_mask` (B, R)."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def text_hidden_states(self, inputs: dict) -> torch.Tensor:
-        """(B, T, H) final hidden states of the text positions."""
-        raise NotImplementedError
-
-    def mlm_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Vocabulary logits (..., V) from hidden states (..., H)."""
-        raise NotImplementedError
-
-    def match_probability(self, inputs: dict) -> torch.Tensor:
-        """(B,) probability that the text belongs to the image (the pretraining matching head)."""
-        raise NotImplementedError(f"{type(self).__name__} has no image-text matching head")
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-
-def _model_inputs(inputs: dict, device) -> dict:
-    names = ("input_ids", "attention_mask", "token_type_ids", "visual_feats", "visual_pos", "visual_attention_mask")
-    missing = [n for n in ("input_ids", "visual_feats", "visual_pos") if inputs.get(n) is None]
-    if missing:
-        raise ValueError(f"CPT model inputs lack {missing}; expected the keys {names}.")
-    return {n: inputs[n].to(device) for n in names if inputs.get(n) is not None}
-
-
-def _submodule(model, names: Sequence[str], what: str):
-    for name in names:
-        module = getattr(model, name, None)
-        if module is not None:
-            return module
-    raise ValueError(
-        f"{type(model).__name__} has no {what} (looked for attributes {list(names)}); CPT needs the pretraining model "
-        "with its masked-LM head (e.g. AutoModelForPreTraining)."
-    )
-
-
-@register_adapter("uniter")
-class UniterAdapter(CptAdapter):
-    """`UniterForPreTraining`: encoder `uniter`, MLM head `mlm_head`, ITM head `itm_head` (class 1 = matched)."""
-
-    def text_hidden_states(self, inputs):
-        encoder = _submodule(self.model, ("uniter",), "UNITER encoder `uniter`")
-        return encoder(**_model_inputs(inputs, self.device)).text_hidden_state
-
-    def mlm_logits(self, hidden_states):
-        return _submodule(self.model, ("mlm_head",), "masked-LM head `mlm_head`")(hidden_states)
-
-    def match_probability(self, inputs):
-        encoder = _submodule(self.model, ("uniter",), "UNITER encoder `uniter`")
-        pooled = encoder(**_model_inputs(inputs, self.device)).pooler_output
-        return _submodule(self.model, ("itm_head",), "ITM head `itm_head`")(pooled).float().softmax(-1)[:, 1]
-
-
-@register_adapter("oscar")
-class OscarAdapter(CptAdapter):
-    """`OscarForPreTraining` (Oscar / VinVL): encoder `oscar`, MLM head `mlm_head` and `contrastive_head` on the
-    pooled output, whose class 1 means "polluted" (text_b does not belong to text_a and the image) in Oscar and
-    Oscar+; CPT's VCR score is `1 - softmax(logits)[1]` (`vcr_nsp_cpt.py`)."""
-
-    def _encoder(self):
-        return _submodule(self.model, ("oscar",), "Oscar encoder `oscar`")
-
-    def text_hidden_states(self, inputs):
-        return self._encoder()(**_model_inputs(inputs, self.device)).text_hidden_state
-
-    def mlm_logits(self, hidden_states):
-        return _submodule(self.model, ("mlm_head",), "masked-LM head `mlm_head`")(hidden_states)
-
-    def match_probability(self, inputs):
-        pooled = self._encoder()(**_model_inputs(inputs, self.device)).pooler_output
-        logits = _submodule(self.model, ("contrastive_head",), "contrastive head `contrastive_head`")(pooled)
-        return 1.0 - logits.float().softmax(-1)[:, 1]
-
-
-def adapter_for(model) -> CptAdapter:
-    """The registered `CptAdapter` of a model (by `config.model_type`), or the model itself if it is one."""
-    if isinstance(model, CptAdapter):
-        return model
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in ADAPTERS:
-        raise ValueError(
-            f"no CPT adapter for model_type {model_type!r} ({type(model).__name__}); registered: {sorted(ADAPTERS)}. "
-            "Write a `CptAdapter` subclass and decorate it with `@register_adapter('<model_type>')`."
-        )
-    return ADAPTERS[model_type](model)
-
 
 # ------------------------------------------------------------------------------------------------------------------
 # Scoring primitives (tensors in, tensors out)
@@ -295,15 +164,12 @@ def grounding_inputs(processor: CptProcessor, image, boxes, text: str, region_fe
     object tags carrying the painted candidate's colour word."""
     pixels = to_rgb_array(image)
     height, width = pixels.shape[:2]
-    copies = processor.paint_candidates(pixels, boxes=boxes, masks=masks, box_format=box_format)
+    encoded = processor(pixels, text, boxes=boxes, labels=labels, masks=masks, box_format=box_format, span=span)
+    copies, texts = encoded["painted_copies"], encoded["texts"]
     rects = np.concatenate([np.asarray(c.rects, dtype=np.float64) for c in copies])
-    if labels is not None and len(labels) != len(rects):
-        raise ValueError(f"got {len(labels)} `labels` (object tags) for {len(rects)} candidate boxes.")
     # every candidate's feature from every painted copy (the detector runs with FORCE_BOXES on all candidates)
     detector_boxes = np.clip(rects, 0, [width, height, width, height])
     features = _extract(region_features, [c.image for c in copies], [detector_boxes] * len(copies))
-    texts = processor.grounding_texts(text, labels, copies, span=span)
-    encoded = processor.encode(texts)
     inputs = {k: encoded[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
     inputs.update(region_inputs(features, [detector_boxes] * len(copies), width, height))
     k = len(processor.colors)
@@ -313,7 +179,7 @@ def grounding_inputs(processor: CptProcessor, image, boxes, text: str, region_fe
     targets = None
     if target_box is not None:
         targets = processor.grounding_targets(copies, target_box, box_format)
-    return GroundingInputs(inputs, encoded["mask_positions"][:, 0], color_ids, [c.candidates for c in copies],
+    return GroundingInputs(inputs, encoded["mask_positions"], color_ids, [c.candidates for c in copies],
                            copies, texts, targets)
 
 
@@ -332,15 +198,31 @@ class GroundingResult:
                 "prompts": [list(t) for t in self.texts]}
 
 
+def _check_finite(scores: torch.Tensor, what: str = "scores", hint: str = "") -> torch.Tensor:
+    """`scores` unchanged if every value is finite; otherwise a ValueError naming the bad entries."""
+    flat = scores.detach().flatten()
+    finite = torch.isfinite(flat)
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite).flatten()[:10].tolist()
+        raise ValueError(
+            f"{what} contain NaN or infinite values at flat indices {bad} ({flat[bad].tolist()}): check the "
+            f"model weights and the region features for NaN/inf{hint}."
+        )
+    return scores
+
+
 def candidate_scores(logits: torch.Tensor, prepared: GroundingInputs, none_id: int | None = None,
                      method: str = "zero_shot") -> torch.Tensor:
-    """Scores in candidate order from the (copies, V) mask logits (the `val()` loops of CPT, vectorised)."""
+    """Scores in candidate order from the (copies, V) mask logits (the `val()` loops of CPT, vectorised). A NaN or
+    infinite score is an error: the best candidate would be meaningless (argmax picks NaN)."""
     color_ids = prepared.color_ids.clamp_min(0)
     per_copy = grounding_scores(logits, color_ids, none_id, method)
     num_candidates = sum(len(c) for c in prepared.candidates)
     scores = torch.empty(num_candidates, dtype=per_copy.dtype, device=per_copy.device)
     for c, candidates in enumerate(prepared.candidates):
         scores[candidates] = per_copy[c, : len(candidates)]
+    hint = "; method='ratio' divides by the `none` logit, which must not be 0" if method == "ratio" else ""
+    _check_finite(scores, f"candidate scores ({method})", hint)
     return scores
 
 
@@ -380,8 +262,9 @@ def predicate_scores(model, inputs: dict, mask_positions: Sequence[Sequence[int]
         adapter.mlm_logits(hidden[row, torch.as_tensor(list(positions), device=hidden.device)]).float().log_softmax(-1)
         for row, positions in enumerate(mask_positions)
     ]
-    return (relation_scores(log_probs[:max_masks], predicate_ids),
-            relation_scores(log_probs[max_masks:], predicate_ids))
+    forward = _check_finite(relation_scores(log_probs[:max_masks], predicate_ids), "forward predicate scores")
+    reverse = _check_finite(relation_scores(log_probs[max_masks:], predicate_ids), "reverse predicate scores")
+    return forward, reverse
 
 
 def relation_inputs(processor: CptProcessor, image, boxes_xyxy, pair: tuple[int, int], labels: Sequence[str],
@@ -428,261 +311,4 @@ def predict_relation(model, processor: CptProcessor, image, boxes_xyxy, pair: tu
 @torch.no_grad()
 def answer_scores(model, inputs: dict) -> torch.Tensor:
     """VCR (`NSPCPT`): per (question, answer) row the matching head's probability that the answer belongs."""
-    return adapter_for(model).match_probability(inputs)
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Few-shot tuning
-# ------------------------------------------------------------------------------------------------------------------
-
-
-def grounding_training_rows(processor: CptProcessor, examples: Sequence[dict], region_features, seed: int = 0,
-                            balance: bool = True) -> list[dict]:
-    """Training rows for few-shot CPT grounding (`RefcocoCPTDataset`, is_train=True).
-
-    Each example: `image`, `boxes` (candidates), `text`, and `target_index` (the referred candidate) or
-    `target_box`; optional `labels` (tags), `masks`, `box_format` ("xywh" default). Each painted copy becomes a row
-    whose label is its colour word if it holds the target (CPT IoU > 0.5), else "none". With `balance` (as CPT):
-    one positive copy per example and as many negatives, drawn with `random.Random(seed)`."""
-    rng = random.Random(seed)
-    none_id = color_token_id(processor.tokenizer, processor.none_word)
-    rows = []
-    for n, example in enumerate(examples):
-        box_format = example.get("box_format", "xywh")
-        target = example.get("target_box")
-        if target is None:
-            if "target_index" not in example:
-                raise ValueError(f"example {n} needs `target_index` or `target_box`.")
-            target = example["boxes"][int(example["target_index"])]
-        prepared = grounding_inputs(processor, example["image"], example["boxes"], example["text"], region_features,
-                                    example.get("labels"), example.get("masks"), box_format, target_box=target)
-        words = prepared.target_words
-        label_ids = processor.color_token_ids(words)
-        positives = [c for c, w in enumerate(words) if w != processor.none_word]
-        negatives = [c for c, w in enumerate(words) if w == processor.none_word]
-        chosen = list(range(len(words)))
-        if balance:
-            if positives:
-                rng.shuffle(positives)
-                positives = positives[:1]
-            rng.shuffle(negatives)
-            chosen = positives + negatives[: max(len(positives), 1)]
-        for c in chosen:
-            row = {k: v[c] for k, v in prepared.inputs.items()}
-            labels = torch.full_like(row["input_ids"], -100)
-            labels[prepared.mask_positions[c]] = label_ids[c]
-            row["labels"] = labels
-            rows.append(row)
-    if not any(int(r["labels"].max()) != none_id for r in rows):
-        raise ValueError("no painted copy covers its target (CPT IoU > 0.5): check `target_index` / `target_box`.")
-    return rows
-
-
-class CptDataCollator:
-    """Stacks CPT rows; pads `visual_feats`, `visual_pos`, `visual_attention_mask` to the longest row."""
-
-    def __call__(self, rows: Sequence[dict]) -> dict:
-        batch = {}
-        for key in rows[0]:
-            values = [r[key] for r in rows]
-            if key in ("visual_feats", "visual_pos", "visual_attention_mask"):
-                longest = max(v.shape[0] for v in values)
-                values = [F.pad(v, (0, 0) * (v.dim() - 1) + (0, longest - v.shape[0])) for v in values]
-            batch[key] = torch.stack(values)
-        return batch
-
-
-@dataclass
-class CptMaskedLMOutput(ModelOutput):
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-
-
-class CptForMaskedLM(nn.Module):
-    """Trains a model's prompt answers with the masked-LM loss: cross-entropy (fp32) of the vocabulary logits at
-    the labelled positions (`labels` (B, T), -100 elsewhere), i.e. `REC_MLM_CPT`'s loss on the colour word.
-    Trainer-ready; the wrapped model is trained in place (`cpt_model.model`)."""
-
-    accepts_loss_kwargs = False
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.adapter = adapter_for(model)
-        self.config = getattr(model, "config", None)
-
-    def forward(self, input_ids, visual_feats, visual_pos, labels=None, attention_mask=None, token_type_ids=None,
-                visual_attention_mask=None, **kwargs):
-        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                      visual_feats=visual_feats, visual_pos=visual_pos, visual_attention_mask=visual_attention_mask)
-        hidden = self.adapter.text_hidden_states(inputs)
-        if labels is None:
-            return CptMaskedLMOutput(logits=self.adapter.mlm_logits(hidden))
-        if labels.shape != input_ids.shape:
-            raise ValueError(f"`labels` must have the shape of `input_ids` {tuple(input_ids.shape)}, got {tuple(labels.shape)}.")
-        selected = labels != -100
-        logits = self.adapter.mlm_logits(hidden[selected]).float()
-        loss = F.cross_entropy(logits, labels[selected]) if selected.any() else hidden.sum() * 0.0
-        return CptMaskedLMOutput(loss=loss, logits=logits)
-
-
-def few_shot_training_arguments(output_dir: str = "cpt-few-shot", **overrides):
-    """`TrainingArguments` of `fewshot/refcoco_cpt.py`: AdamW, lr 3e-5, weight decay 0.01, betas (0.9, 0.98), 10%
-    linear warm-up, 40 epochs; no checkpoints, no reporting."""
-    from transformers import TrainingArguments
-
-    defaults = dict(
-        output_dir=output_dir, learning_rate=3e-5, weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.98,
-        warmup_steps=0.1, num_train_epochs=40, per_device_train_batch_size=32, save_strategy="no", report_to=[],
-        use_cpu=not torch.cuda.is_available(), logging_steps=10, remove_unused_columns=False,
-    )
-    return TrainingArguments(**{**defaults, **overrides})
-
-
-def tune(model, processor: CptProcessor, examples: Sequence[dict], region_features, training_args=None,
-         seed: int = 0, **trainer_kwargs):
-    """Few-shot CPT: fine-tune `model` in place with the MLM loss on the colour word / "none" through
-    `transformers.Trainer` (`few_shot_training_arguments()` unless `training_args` is given); returns the Trainer."""
-    from transformers import Trainer
-
-    rows = grounding_training_rows(processor, examples, region_features, seed=seed)
-    if training_args is None:
-        training_args = few_shot_training_arguments(seed=seed)
-    trainer = Trainer(model=CptForMaskedLM(model), args=training_args, train_dataset=_RowDataset(rows),
-                      data_collator=CptDataCollator(), **trainer_kwargs)
-    trainer.train()
-    model.eval()
-    return trainer
-
-
-class _RowDataset(torch.utils.data.Dataset):
-    def __init__(self, rows):
-        self.rows = rows
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, index):
-        return self.rows[index]
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Command line: hf-vlp cpt ground --model DIR --image IMG --boxes BOXES --text TEXT
-# ------------------------------------------------------------------------------------------------------------------
-
-
-def add_cli(subparsers) -> None:
-    """Add `cpt` (with the `ground` subcommand) to the `hf-vlp` argument parser."""
-    parser = subparsers.add_parser("cpt", help="Colorful Prompt Tuning: zero-/few-shot grounding with painted regions")
-    commands = parser.add_subparsers(dest="cpt_command", required=True)
-    ground_parser = commands.add_parser("ground", help="pick the box a referring expression refers to")
-    ground_parser.add_argument("--model", required=True, help="model folder or Hub id (masked-LM VL pretraining model)")
-    ground_parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: --model)")
-    ground_parser.add_argument("--image", required=True, help="image file")
-    ground_parser.add_argument("--boxes", required=True,
-                               help="candidate boxes: a JSON file or string [[x, y, w, h], ...] (see --box-format)")
-    ground_parser.add_argument("--box-format", choices=("xywh", "xyxy"), default="xywh")
-    ground_parser.add_argument("--text", required=True, help="the referring expression")
-    ground_parser.add_argument("--labels", default=None, help="object tags, one per box, comma separated or JSON list")
-    ground_parser.add_argument("--masks", default=None, help="JSON file with one COCO RLE per box (paint masks)")
-    ground_parser.add_argument("--method", choices=GROUNDING_METHODS, default="zero_shot",
-                               help="zero_shot: colour logit; ratio: colour / none logit (after few-shot tuning)")
-    ground_parser.add_argument("--template", default="3", help="1-6 or a string with {caption} and [MASK]")
-    ground_parser.add_argument("--color", default="red", help="paint colour name (red, blue, ...)")
-    ground_parser.add_argument("--region-features", default=None,
-                               help=".npy of (candidates, candidates, D) features of the painted copies (default: "
-                                    "EfficientNet-lite0 RoI features, hf_vlp.data.RegionFeatureExtractor)")
-    ground_parser.add_argument("--save-painted", default=None, help="folder to write the painted copies to")
-    ground_parser.set_defaults(run=run_cli)  # hf_vlp.cli dispatches to `args.run(args)`
-
-
-def _json_or_file(value: str):
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        with open(value) as handle:
-            return json.load(handle)
-
-
-def run_cli(args) -> int:
-    import os
-
-    from PIL import Image
-    from transformers import AutoModelForPreTraining, AutoTokenizer
-
-    import hf_vlp  # noqa: F401  (registers the architectures with the Auto classes)
-
-    from .processing.cpt import PALETTES
-
-    boxes = _json_or_file(args.boxes)
-    labels = None
-    if args.labels:
-        labels = json.loads(args.labels) if args.labels.strip().startswith("[") else [s.strip() for s in args.labels.split(",")]
-    masks = _json_or_file(args.masks) if args.masks else None
-    known = {c.name: c for palette in PALETTES.values() for c in palette if palette is not PALETTES["demo"]}
-    if args.color not in known:
-        raise SystemExit(f"--color must be one of {sorted(known)}, got {args.color!r}")
-    template = int(args.template) if args.template.isdigit() else args.template
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
-    processor = CptProcessor(tokenizer, colors=[known[args.color]], template=template)
-    model = AutoModelForPreTraining.from_pretrained(args.model)
-    image = Image.open(args.image).convert("RGB")
-    if args.region_features:
-        stored = np.load(args.region_features)
-
-        def region_features(images, boxes_):
-            if len(stored) != len(images):
-                raise SystemExit(f"--region-features holds {len(stored)} copies, {len(images)} were painted")
-            return list(stored)
-    else:
-        from .data import RegionFeatureExtractor
-
-        region_features = RegionFeatureExtractor.default()
-        expected = getattr(model.config, "visual_feat_dim", None)
-        if expected is not None and expected != region_features.feature_dim:
-            raise SystemExit(
-                f"the model takes {expected}-d region features but the default extractor gives "
-                f"{region_features.feature_dim}; pass --region-features with the model's own features"
-            )
-    result = ground(model, processor, image, boxes, args.text, region_features, labels=labels, masks=masks,
-                    box_format=args.box_format, method=args.method)
-    if args.save_painted:
-        os.makedirs(args.save_painted, exist_ok=True)
-        for c, copy in enumerate(result.copies):
-            copy.image.save(os.path.join(args.save_painted, f"painted_{c}.png"))
-    out = result.to_dict()
-    out["best_box"] = boxes[result.best_index]
-    print(json.dumps(out, indent=2))
-    return 0
-
-
-__all__ = [
-    "ADAPTERS",
-    "PREDICATE_REWRITES",
-    "CptAdapter",
-    "CptDataCollator",
-    "CptForMaskedLM",
-    "GroundingInputs",
-    "GroundingResult",
-    "OscarAdapter",
-    "UniterAdapter",
-    "adapter_for",
-    "add_cli",
-    "answer_first_piece_scores",
-    "answer_scores",
-    "candidate_scores",
-    "few_shot_training_arguments",
-    "grounding_inputs",
-    "grounding_scores",
-    "grounding_training_rows",
-    "mask_logits",
-    "predicate_scores",
-    "predicate_token_ids",
-    "predict_relation",
-    "region_inputs",
-    "register_adapter",
-    "relation_inputs",
-    "relation_scores",
-    "run_cli",
-    "tune",
-]
+    return _check_finite(adapter_for(model).match_probability(inputs), "answer scores")
