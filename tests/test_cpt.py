@@ -455,6 +455,83 @@ def test_rle_of_another_size_is_an_error():
         decode_rle({"size": [10, 10], "counts": [99]})
 
 
+def _coco_rle_string(counts):
+    """pycocotools' `rleToString`: 5-bit groups + continuation bit, counts after the second as differences."""
+    out = []
+    for i, count in enumerate(counts):
+        x = count - counts[i - 2] if i > 2 else count
+        more = True
+        while more:
+            chunk = x & 0x1F
+            x >>= 5
+            more = x != -1 if chunk & 0x10 else x != 0
+            out.append(chr(chunk + (0x20 if more else 0) + 48))
+    return "".join(out)
+
+
+def test_rle_declaring_a_huge_size_is_refused_before_allocating(small_tokenizer):
+    import tracemalloc
+
+    assert _coco_rle_string([13, 3, 3, 3, 8]) == "=3305"  # pycocotools' string of the mask above
+    runs = [3, 700, 2, 41, 1018]
+    assert decode_rle({"size": [42, 42], "counts": _coco_rle_string(runs)}).sum() == 700 + 41
+    # a consistent RLE (its runs cover 20000 x 20000 pixels) of a few bytes: decoding it would need gigabytes
+    runs = [7, 1] * 9 + [20000 * 20000 - 72]
+    huge = {"size": [20000, 20000], "counts": _coco_rle_string(runs)}
+    assert len(huge["counts"]) < 40
+    image = _random_image()
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"masks\[0\]` has size \(20000, 20000\).*image is \(24, 32\)"):
+            paint_masks(image, [huge], [RED])
+        with pytest.raises(ValueError, match=r"masks\[0\]` has size \(20000, 20000\)"):
+            CptProcessor(small_tokenizer).paint_candidates(image, masks=[huge])  # boxes taken from the masks
+        with pytest.raises(ValueError, match="declares a 20000x20000 mask .* more than max_pixels"):
+            decode_rle(huge)  # no image size: the default cap
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * 2**20, f"{peak} bytes allocated before refusing"
+    with pytest.raises(ValueError, match=r"size'\]` must be \[height, width\]"):
+        decode_rle({"size": [-1, 5], "counts": [0]})
+
+
+def test_coco_flat_polygons_are_accepted():
+    pairs = [[[2, 2], [12, 3], [8, 15]], [[20, 4], [28, 4], [28, 12]]]
+    flat = [[2, 2, 12, 3, 8, 15], [20.0, 4.0, 28.0, 4.0, 28.0, 12.0]]  # COCO `segmentation`
+    expected = polygon_mask(pairs, 32, 24)
+    assert expected.any() and np.array_equal(polygon_mask(flat, 32, 24), expected)
+    assert np.array_equal(polygon_mask([np.asarray(flat[0])], 32, 24), polygon_mask(pairs[:1], 32, 24))
+    image = _random_image()
+    assert np.array_equal(np.array(paint_polygons(image, [flat], [BLUE])),
+                          np.array(paint_polygons(image, [pairs], [BLUE])))
+    with pytest.raises(ValueError, match="odd length 5"):
+        polygon_mask([[2, 2, 12, 3, 8]], 32, 24)
+    with pytest.raises(ValueError, match="polygon part 0 must be"):
+        polygon_mask([2, 2, 12, 3, 8, 15], 32, 24)  # one flat list, not a list of parts
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_coordinates_are_errors(small_tokenizer, bad):
+    processor = CptProcessor(small_tokenizer)
+    image = _random_image()
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        processor.paint_candidates(image, boxes=[[0, 0, 8, 8], [bad, 4, 8, 8]])
+    with pytest.raises(ValueError, match=r"`boxes_xyxy\[2\]`.*NaN or infinite"):  # not in the painted pair
+        cpt.relation_inputs(processor, image, [[0, 0, 12, 12], [8, 6, 20, 18], [24, 2, bad, 9]], (0, 1),
+                            ["circle", "square", "triangle"], _mean_colour_features)
+    copies = processor.paint_candidates(image, boxes=[[0, 0, 8, 8]])
+    with pytest.raises(ValueError, match="`target_box.*NaN or infinite"):
+        processor.grounding_targets(copies, [0, 0, bad, 8])
+    for function in (overlapping_pairs, xywh_to_cpt_xyxy):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            function([[0, 0, 4, 4], [1, 1, bad, 5]])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        region_geometry([[0, 0, bad, 4]], 32, 24)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        polygon_mask([[0, 0, 5, bad, 9, 9]], 32, 24)
+
+
 def test_template_without_mask_is_an_error(small_tokenizer):
     with pytest.raises(ValueError, match=r"exactly one \[MASK\]"):
         CptProcessor(small_tokenizer, template="{caption} is red.")
@@ -486,6 +563,64 @@ def test_processor_save_and_load(small_tokenizer, tmp_path):
     loaded = CptProcessor.from_pretrained(tmp_path)
     assert loaded.to_dict() == processor.to_dict()
     assert loaded.colors == PALETTES["vg"]
+
+
+def test_processor_is_a_processor_mixin_whose_options_round_trip(small_tokenizer, tmp_path):
+    from transformers import ProcessorMixin
+
+    colors = [CptColor("blue", (0, 10, 255), 200), CptColor("red", (250, 0, 45), 60)]  # non-default transparency
+    processor = CptProcessor(small_tokenizer, colors=colors, template="the {caption} is [MASK] color.",
+                             max_text_length=24, original_quirks=True)
+    assert isinstance(processor, ProcessorMixin)
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    assert saved["colors"] == [["blue", [0, 10, 255, 200]], ["red", [250, 0, 45, 60]]]
+    assert (saved["template"], saved["max_text_length"], saved["original_quirks"], saved["none_word"]) == (
+        "the {caption} is [MASK] color.", 24, True, "none")
+    loaded = CptProcessor.from_pretrained(tmp_path)
+    assert (loaded.colors, loaded.template, loaded.max_text_length, loaded.original_quirks) == (
+        tuple(colors), processor.template, 24, True)
+    # the same painted pixels and token ids (quirks: the copy's first mask and first colour word, as released)
+    image, boxes = _random_image(), [[0, 0, 8, 8], [10, 4, 8, 8], [20, 10, 8, 8]]
+    masks = [np.pad(np.ones((6, 6), np.uint8), ((y, 18 - y), (x, 26 - x))) for x, y in ((1, 1), (11, 5), (21, 11))]
+    for kwargs in ({}, {"masks": masks}):
+        ours = processor(image, "circle.", boxes=boxes, labels=["circle", "square", "triangle"], **kwargs)
+        theirs = loaded(image, "circle.", boxes=boxes, labels=["circle", "square", "triangle"], **kwargs)
+        for name in ("input_ids", "token_type_ids", "attention_mask", "mask_positions"):
+            assert torch.equal(ours[name], theirs[name]), name
+        assert ours["texts"] == theirs["texts"]
+        for a, b in zip(ours["painted_copies"], theirs["painted_copies"]):
+            assert np.array_equal(np.array(a.image), np.array(b.image)) and a.candidates == b.candidates
+    # the alpha really is part of the round trip: another transparency paints other pixels
+    opaque = CptProcessor(small_tokenizer, colors=[CptColor("blue", (0, 10, 255), 255), colors[1]])
+    assert not np.array_equal(np.array(opaque.paint_candidates(image, boxes=boxes)[0].image),
+                              np.array(loaded.paint_candidates(image, boxes=boxes)[0].image))
+
+
+def test_from_pretrained_overrides_options_without_touching_the_tokenizer(small_tokenizer, tmp_path):
+    CptProcessor(small_tokenizer, template=2).save_pretrained(tmp_path / "saved")
+    loaded = CptProcessor.from_pretrained(tmp_path / "saved", template=1, original_quirks=True)
+    assert (loaded.template, loaded.original_quirks) == (1, True)
+    assert "template" not in loaded.tokenizer.init_kwargs
+    loaded.save_pretrained(tmp_path / "again")
+    assert "template" not in json.loads((tmp_path / "again" / "tokenizer_config.json").read_text())
+    assert json.loads((tmp_path / "again" / "processor_config.json").read_text())["template"] == 1
+
+
+def test_processor_call_is_paint_prompt_and_encode(small_tokenizer):
+    processor = CptProcessor(small_tokenizer, colors="vg")
+    image, boxes, labels = _random_image(), [[0, 0, 8, 8], [10, 4, 8, 8], [20, 10, 8, 8]], ["circle", "square", "a"]
+    out = processor(image, "the circle", boxes=boxes, labels=labels)
+    copies = processor.paint_candidates(image, boxes=boxes)
+    encoded = processor.encode(processor.grounding_texts("the circle", labels, copies))
+    assert torch.equal(out["input_ids"], encoded["input_ids"])
+    assert torch.equal(out["mask_positions"], encoded["mask_positions"][:, 0])
+    assert [c.candidates for c in out["painted_copies"]] == [[0, 1], [2]]
+    assert all(np.array_equal(np.array(a.image), np.array(b.image)) for a, b in zip(out["painted_copies"], copies))
+    with pytest.raises(ValueError, match="got 2 `labels` .* for 3 candidate boxes"):
+        processor(image, "the circle", boxes=boxes, labels=labels[:2])
+    with pytest.raises(ValueError, match="`images` must be one image"):
+        processor([image, image], "the circle", boxes=boxes)
 
 
 def test_multi_colour_copies(small_tokenizer):
@@ -576,6 +711,87 @@ def test_predict_relation(tiny_uniter, small_tokenizer):
 def test_unknown_model_family_is_an_error():
     with pytest.raises(ValueError, match="no CPT adapter for model_type"):
         cpt.adapter_for(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="no CPT adapter for architecture 'no_such_arch'"):
+        cpt.get_cpt_adapter("no_such_arch")
+    with pytest.raises(ValueError, match="`matching_class_meaning` must be one of"):
+        cpt.CptAdapterSpec(encoder="x", matching_class_meaning="belongs")
+    with pytest.raises(ValueError, match="CptAdapterSpec or a CptAdapter subclass"):
+        cpt.register_cpt_adapter("x", "uniter")
+
+
+def test_adapters_are_data_keyed_by_architecture_name(tiny_uniter, small_tokenizer, monkeypatch):
+    """An architecture declares where its encoder and heads are; CPT finds them by the architecture name."""
+    from types import SimpleNamespace
+
+    assert isinstance(cpt.get_cpt_adapter("uniter"), cpt.CptAdapterSpec)
+    assert cpt.get_cpt_adapter("oscar").matching_class_meaning == "mismatch"
+
+    class Renamed(torch.nn.Module):  # UNITER's modules under other names, as another architecture would have them
+        def __init__(self):
+            super().__init__()
+            self.config = SimpleNamespace(model_type="renamed_uniter")
+            self.encoder, self.lm_head, self.match_head = tiny_uniter.uniter, tiny_uniter.mlm_head, tiny_uniter.itm_head
+
+    monkeypatch.setitem(cpt.ADAPTERS, "renamed_uniter", None)
+    cpt.register_cpt_adapter("renamed_uniter", cpt.CptAdapterSpec(encoder="encoder", mlm_head="lm_head",
+                                                                  matching_head="match_head"))
+    prepared = cpt.grounding_inputs(CptProcessor(small_tokenizer), _random_image(), [[0, 0, 8, 8], [10, 4, 8, 8]],
+                                    "the circle", _mean_colour_features, labels=["circle", "square"])
+    with torch.no_grad():
+        expected = cpt.mask_logits(tiny_uniter, prepared.inputs, prepared.mask_positions)
+        assert torch.equal(cpt.mask_logits(Renamed(), prepared.inputs, prepared.mask_positions), expected)
+        assert torch.equal(cpt.answer_scores(Renamed(), prepared.inputs),
+                           cpt.answer_scores(tiny_uniter, prepared.inputs))
+        # the built-in class keeps working and is the same adapter
+        assert torch.equal(cpt.UniterAdapter(tiny_uniter).mlm_logits(torch.ones(2, 16)),
+                           cpt.adapter_for(tiny_uniter).mlm_logits(torch.ones(2, 16)))
+    # "mismatch": the score is 1 - p[class] (Oscar+'s polluted class)
+    monkeypatch.setitem(cpt.ADAPTERS, "renamed_uniter", cpt.CptAdapterSpec(
+        encoder="encoder", mlm_head="lm_head", matching_head="match_head", matching_class_meaning="mismatch"))
+    with torch.no_grad():
+        assert torch.allclose(cpt.answer_scores(Renamed(), prepared.inputs),
+                              1 - cpt.answer_scores(tiny_uniter, prepared.inputs))
+
+
+def _nan_features(images, boxes):
+    features = _mean_colour_features(images, boxes)
+    features[0][0, 0] = np.nan
+    return features
+
+
+def test_nan_scores_are_an_error_not_a_best_candidate(tiny_uniter, small_tokenizer):
+    processor = CptProcessor(small_tokenizer)
+    boxes, labels = [[0, 0, 8, 8], [10, 4, 8, 8]], ["circle", "square"]
+    with pytest.raises(ValueError, match=r"candidate scores \(zero_shot\) contain NaN or infinite values"):
+        cpt.ground(tiny_uniter, processor, _random_image(), boxes, "the circle", _nan_features, labels=labels)
+    prepared = cpt.grounding_inputs(processor, _random_image(), boxes, "the circle", _mean_colour_features,
+                                    labels=labels)
+    logits = torch.zeros(2, len(small_tokenizer))
+    logits[0, small_tokenizer.convert_tokens_to_ids("red")] = 1.0  # the `none` logit is 0: the ratio is inf
+    none_id = small_tokenizer.convert_tokens_to_ids("none")
+    logits[1, none_id] = 2.0
+    with pytest.raises(ValueError, match="at flat indices \\[0\\].*`none` logit"):
+        cpt.candidate_scores(logits, prepared, none_id, method="ratio")
+    with pytest.raises(ValueError, match="answer scores contain NaN"):
+        cpt.answer_scores(tiny_uniter, cpt.grounding_inputs(processor, _random_image(), boxes, "the circle",
+                                                            _nan_features).inputs)
+
+
+def test_cli_nan_scores_are_an_error_not_invalid_json(tiny_uniter, small_tokenizer, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    tiny_uniter.save_pretrained(model_dir)
+    small_tokenizer.save_pretrained(model_dir)
+    _random_image().save(tmp_path / "image.png")
+    boxes = [[0, 0, 8, 8], [10, 4, 8, 8]]
+    features = np.stack(_mean_colour_features([_random_image()] * 2, [xywh_to_cpt_xyxy(boxes)] * 2))
+    features[1, 0, 0] = np.nan
+    np.save(tmp_path / "features.npy", features)
+    from hf_vlp.cli import main
+
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        main(["cpt", "ground", "--model", str(model_dir), "--image", str(tmp_path / "image.png"), "--boxes",
+              json.dumps(boxes), "--text", "the circle", "--region-features", str(tmp_path / "features.npy")])
+    assert capsys.readouterr().out == ""
 
 
 def test_cli_ground(tiny_uniter, small_tokenizer, tmp_path, capsys):
