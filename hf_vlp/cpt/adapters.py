@@ -71,9 +71,8 @@ class CptAdapterSpec:
 
     def __post_init__(self):
         if self.matching_class_meaning not in MATCHING_CLASS_MEANINGS:
-            raise ValueError(
-                f"`matching_class_meaning` must be one of {MATCHING_CLASS_MEANINGS}, got {self.matching_class_meaning!r}."
-            )
+            raise ValueError(f"`matching_class_meaning` must be one of {MATCHING_CLASS_MEANINGS}, "
+                             f"got {self.matching_class_meaning!r}.")
         if int(self.matching_class) < 0:
             raise ValueError(f"`matching_class` must be a class index >= 0, got {self.matching_class}.")
 
