@@ -25,6 +25,7 @@ import logging
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from hf_vlp.modeling.oscar import (
     OscarConfig,
     OscarForConditionalGeneration,
@@ -35,6 +36,7 @@ from hf_vlp.modeling.oscar import (
 )
 
 from hf_vlp.layers import BOX_FEATURE_SIZES
+from transformers import DynamicCache
 
 from .common import (
     ConversionError,
@@ -494,26 +496,127 @@ def _valid_rows_only(name, produced, valid, reference):
 
 
 def _generation_outputs(model, inputs, dim, params):
+    """README: greedy and 2-beam captions of the original `generate()` with its cached ("past") decoding. Greedy goes
+    through `model.generate` (transformers' GenerationMixin); the beams need the released beam search with its cache
+    quirk (`original_beam_search`)."""
     batch = caption_batch(inputs, "captioning_gen.", dim)
     config = model.config
+    mask_token_id = params.get("mask_token_id", config.mask_token_id)
+    if mask_token_id != config.mask_token_id:
+        raise ConversionError(f"the fixture decodes at [MASK]={mask_token_id}, the config says {config.mask_token_id}")
     max_length = params.get("max_length") or config.caption_max_length
-    settings = dict(
-        max_length=max_length,
-        tag_position_offset=params.get("od_labels_start_posid", config.caption_tag_position_offset),
-        length_penalty=params.get("length_penalty", 1.0),
-        bos_token_id=params.get("bos_token_id"),
-        eos_token_id=(params.get("eos_token_ids") or [None])[0],
-        pad_token_id=params.get("pad_token_id"),
-        mask_token_id=params.get("mask_token_id"),
+    special = {
+        "bos_token_id": params.get("bos_token_id", config.bos_token_id),
+        "eos_token_id": (params.get("eos_token_ids") or [config.eos_token_id])[0],
+        "pad_token_id": params.get("pad_token_id", config.pad_token_id),
+    }
+    offset = params.get("od_labels_start_posid", config.caption_tag_position_offset)
+    batch_size = batch["input_ids"].shape[0]
+    greedy = model.generate(
+        **batch, max_length=max_length, tag_position_offset=offset, forced_eos_token_id=special["eos_token_id"],
+        return_dict_in_generate=True, output_logits=True, **special,
+    )  # fmt: skip
+    greedy_ids = F.pad(greedy.sequences, (0, max_length - greedy.sequences.shape[1]), value=special["pad_token_id"])
+    beam_ids, beam_scores = original_beam_search(
+        model, batch, num_beams=2, max_length=max_length, length_penalty=params.get("length_penalty", 1.0),
+        tag_position_offset=offset, **special,
+    )  # fmt: skip
+    return {
+        "captioning_gen.greedy_ids": greedy_ids.view(batch_size, 1, -1),
+        "captioning_gen.greedy_logprobs": original_greedy_scores(
+            greedy.sequences, greedy.logits, special["eos_token_id"]
+        ).view(batch_size, 1),
+        "captioning_gen.beam2_ids": beam_ids,
+        "captioning_gen.beam2_logprobs": beam_scores,
+    }
+
+
+def original_greedy_scores(sequences, step_logits, eos_token_id):
+    """The released greedy search's caption score from `generate(..., output_logits=True)`: the mean log-probability
+    of the argmax token of each step up to the first [SEP]. A forced final [SEP] counts with the log-probability of
+    the argmax it replaced, as the original overwrites that token after scoring it."""
+    step_log_probs = torch.stack(step_logits, dim=1).float().log_softmax(-1).max(-1).values  # (B, steps)
+    is_eos = (sequences[:, 1:] == eos_token_id).long()
+    counted = (is_eos.cumsum(1) - is_eos) == 0  # steps up to and including the first [SEP]
+    return (step_log_probs * counted).sum(1) / counted.sum(1)
+
+
+@torch.no_grad()
+def original_beam_search(
+    model, batch, num_beams, max_length, length_penalty=1.0, num_return_sequences=1, tag_position_offset=None,
+    bos_token_id=None, eos_token_id=None, pad_token_id=None,
+):  # fmt: skip
+    """The released cached beam search (`CaptionPreTrainedModel._generate_beam_search`, `output_hidden_states=True`),
+    kept only to verify the fixture's `beam2_*` outputs; `model.generate(num_beams=...)` is the search to use.
+
+    Per step the `2 * num_beams` best (beam, token) continuations are read in order of score; a [SEP] (or any token
+    at the last step) closes a hypothesis `sequence so far + [SEP]` scored `sum log p / cur_len ** length_penalty`;
+    the first `num_beams` other continuations are the next beams; an example is done once it holds
+    `num_return_sequences` hypotheses none of its beams can beat. The released code's cache quirk: when beams are
+    re-ranked only the newest cached caption token follows its beam, older cached tokens stay in their slots (so a
+    beam may attend to another beam's earlier tokens). Returns ids (B, num_return_sequences, max_length) padded with
+    [PAD] and scores (B, num_return_sequences).
+    """
+    config = model.config
+    bos = config.bos_token_id if bos_token_id is None else bos_token_id
+    eos = config.eos_token_id if eos_token_id is None else eos_token_id
+    pad = config.pad_token_id if pad_token_id is None else pad_token_id
+    conditioning = model.caption_decoding_inputs(
+        **batch, max_length=max_length, tag_position_offset=tag_position_offset
     )
-    outputs = {}
-    # README: both were produced with the original's cached decoding (`output_hidden_states=True`), whose beam
-    # search re-ranks only the newest cached token: `legacy_beam_cache` reproduces it (greedy is unaffected)
-    for name, beams in (("greedy", 1), ("beam2", 2)):
-        generated = model.generate(
-            **batch, num_beams=beams, legacy_beam_cache=True, return_dict_in_generate=True, **settings
+    rows = {k: v.repeat_interleave(num_beams, dim=0) for k, v in conditioning.items() if v is not None}
+    device = rows["visual_feats"].device
+    examples = rows["visual_feats"].shape[0] // num_beams
+    candidates, keep = 2 * num_beams, num_return_sequences  # the original's TOPN_PER_BEAM = 2
+    sequences = torch.full((examples * num_beams, 1), bos, dtype=torch.long, device=device)
+    beam_scores = torch.zeros(examples, num_beams, device=device)
+    beam_scores[:, 1:] = torch.finfo(beam_scores.dtype).min  # identical beams at first: expand only one
+    beam_scores = beam_scores.view(-1)
+    hyp_scores = torch.full((examples, keep), -float("inf"), device=device)
+    hyp_tokens = torch.full((examples, keep, max_length), pad, dtype=torch.long, device=device)
+    hyp_count = torch.zeros(examples, dtype=torch.long, device=device)
+    done = torch.zeros(examples, dtype=torch.bool, device=device)
+    first_row = torch.arange(examples, device=device)[:, None] * num_beams
+    cache = DynamicCache(config=config)
+    step = dict(input_ids=sequences, **rows)
+    while sequences.shape[1] < max_length:
+        cur_len = sequences.shape[1]
+        logits = model(**step, cache=cache).logits[:, -1].float()
+        vocab = logits.shape[-1]
+        scores = logits.log_softmax(-1) + beam_scores[:, None]
+        next_scores, next_words = scores.view(examples, num_beams * vocab).topk(candidates, dim=1)
+        # BeamHypotheses.is_done with the best candidate, checked before this step's candidates are added
+        worst = hyp_scores.min(dim=1).values
+        done |= (hyp_count >= keep) & (worst >= next_scores[:, 0] / (max_length - 1) ** length_penalty)
+        beam_ids, words = next_words // vocab, next_words % vocab
+        closes = (words == eos) | (cur_len + 1 == max_length)
+        continues = ~closes
+        read = (continues.cumsum(1) - continues.long()) < num_beams  # read until num_beams continuations
+        new_hyps = read & closes & ~done[:, None]
+        rows_of = first_row + beam_ids  # (examples, candidates) rows of `sequences`
+        closed = torch.full((examples, candidates, max_length), pad, dtype=torch.long, device=device)
+        closed[:, :, :cur_len] = sequences[rows_of]
+        closed[:, :, cur_len] = eos
+        pool_scores = torch.cat(
+            [hyp_scores, torch.where(new_hyps, next_scores / cur_len**length_penalty, -float("inf"))], dim=1
         )
-        batch_size = batch["input_ids"].shape[0]
-        outputs[f"captioning_gen.{name}_ids"] = generated.sequences.view(batch_size, 1, -1)
-        outputs[f"captioning_gen.{name}_logprobs"] = generated.sequences_scores.view(batch_size, 1)
-    return outputs
+        order = pool_scores.sort(dim=1, descending=True, stable=True).indices[:, :keep]  # ties keep the earlier
+        hyp_scores = pool_scores.gather(1, order)
+        hyp_tokens = torch.cat([hyp_tokens, closed], dim=1).gather(1, order[..., None].expand(-1, -1, max_length))
+        hyp_count = (hyp_count + new_hyps.sum(1)).clamp(max=keep)
+        chosen = (read & continues).long().argsort(dim=1, descending=True, stable=True)[:, :num_beams]
+        beam_scores = next_scores.gather(1, chosen).view(-1)
+        beam_rows = rows_of.gather(1, chosen).view(-1)
+        sequences = torch.cat([sequences[beam_rows], words.gather(1, chosen).view(-1, 1)], dim=1)
+        for layer in cache.layers:  # the quirk: only the newest cached entry (the token just encoded) follows its beam
+            layer.keys = torch.cat([layer.keys[:, :, :-1], layer.keys[beam_rows, :, -1:]], dim=2)
+            layer.values = torch.cat([layer.values[:, :, :-1], layer.values[beam_rows, :, -1:]], dim=2)
+        if done.all():
+            break
+        step = dict(
+            input_ids=sequences[:, -1:],
+            position_ids=torch.full_like(sequences[:, -1:], cur_len),
+            tag_attention_mask=rows["tag_attention_mask"],
+            visual_attention_mask=rows["visual_attention_mask"],
+        )
+    return hyp_tokens, hyp_scores

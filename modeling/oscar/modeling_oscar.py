@@ -20,12 +20,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import Cache, GenerationConfig, GenerationMixin, PreTrainedModel, TrainerCallback
 from transformers import initialization as init
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
+from transformers.utils.deprecation import deprecate_kwarg
 
 from hf_vlp.layers import (
     MaskedLMHead,
+    MultiHeadAttention,
     Pooler,
     TextEmbeddings,
     TransformerEncoder,
@@ -34,6 +37,7 @@ from hf_vlp.layers import (
     check_visual_inputs,
     joint_padding_mask,
 )
+from hf_vlp.layers.attention import eager_attention_forward
 from hf_vlp.pretraining.losses import masked_cross_entropy
 
 from .configuration_oscar import OscarConfig
@@ -99,24 +103,18 @@ class OscarTaskOutput(ModelOutput):
 class OscarCaptioningOutput(ModelOutput):
     """
     masked_logits: (N, V) logits at the N caption positions with `labels != -100` (row-major), when labels are given.
-    logits: (B, T, V) logits at every text position, when no `labels` are given.
+    logits: (B, T, V) logits at every text position (a full text without `labels`), or (B, 1, V) in a decoding step:
+        the scores of the next caption token, read at the [MASK] the model appends.
+    cache: decoding steps with `use_cache`: the keys and values of the tags, regions and caption tokens (never of the
+        appended [MASK]).
     """
 
     loss: torch.FloatTensor | None = None
     masked_logits: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
+    cache: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
-
-
-@dataclass
-class OscarGenerationOutput(ModelOutput):
-    """sequences: (B * num_return_sequences, max_length) `[CLS] caption [SEP]` padded with `pad_token_id`.
-    sequences_scores: (B * num_return_sequences,) mean log-probability of the emitted tokens (greedy), or the beam
-    score `sum log p / length ** length_penalty` (beam search), as the original reports them."""
-
-    sequences: torch.LongTensor | None = None
-    sequences_scores: torch.FloatTensor | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -176,10 +174,74 @@ def caption_attention_mask(text_mask, visual_mask, is_caption):
     return (visible & key_valid[:, None, :] & key_valid[:, :, None]).long()
 
 
+def caption_decoding_mask(prefix_mask, caption_mask, num_new_tokens, encodes_prefix):
+    """The captioning mask of one decoding step over a key/value cache, (B, Q, K), 1 = may attend.
+
+    Keys are `[tags + regions | caption tokens | [MASK]]` (the cached ones first, then this step's), queries are this
+    step's positions: the tags and regions when `encodes_prefix` (the first step), the `num_new_tokens` newest
+    caption tokens and the appended [MASK]. As in `caption_attention_mask`: a caption token (or [MASK]) sees the valid
+    tags and regions and, causally, the caption before it; tags and regions see only tags and regions.
+    `prefix_mask` (B, tags + regions) and `caption_mask` (B, caption tokens so far) are 1/0 padding masks.
+    """
+    batch, prefix_len = prefix_mask.shape
+    caption_len = caption_mask.shape[1]
+    device = prefix_mask.device
+    key_valid = torch.cat(
+        [prefix_mask.bool(), caption_mask.bool(), torch.ones(batch, 1, dtype=torch.bool, device=device)], dim=1
+    )
+    # caption rank of every key and query: -1 for tags and regions, 0.. for caption tokens, caption_len for [MASK]
+    prefix_rank = torch.full((prefix_len,), -1, device=device)
+    key_rank = torch.cat([prefix_rank, torch.arange(caption_len + 1, device=device)])
+    query_rank = torch.arange(caption_len - num_new_tokens, caption_len + 1, device=device)
+    if encodes_prefix:
+        query_rank = torch.cat([prefix_rank, query_rank])
+    visible = (key_rank[None] < 0) | ((query_rank[:, None] >= 0) & (key_rank[None] <= query_rank[:, None]))
+    return (visible[None] & key_valid[:, None, :]).long()
+
+
+class OscarSelfAttention(MultiHeadAttention):
+    """BERT self-attention that can read and extend a key/value `Cache` (caption decoding).
+
+    With `cache`, the keys and values of the first `num_cached` positions of this call are appended to the cache, and
+    the queries attend to everything cached before plus every position of this call; the positions after
+    `num_cached` (the appended [MASK]) are attended to but never stored. The original caches every layer's input
+    states instead (`past`) and recomputes keys and values from them: the same numbers.
+    """
+
+    def __init__(self, config, layer_idx):
+        super().__init__(config)
+        self.layer_idx = layer_idx
+
+    def forward(self, hidden_states, attention_mask=None, context=None, cache=None, num_cached=0, **kwargs):
+        if cache is None:
+            return super().forward(hidden_states, attention_mask, context=context, **kwargs)
+        batch, length = hidden_states.shape[:2]
+        heads = (batch, length, -1, self.head_size)
+        query, key, value = (
+            projection(hidden_states).view(heads).transpose(1, 2) for projection in (self.query, self.key, self.value)
+        )
+        cached_key, cached_value = cache.update(key[:, :, :num_cached], value[:, :, :num_cached], self.layer_idx)
+        key = torch.cat([cached_key, key[:, :, num_cached:]], dim=2)
+        value = torch.cat([cached_value, value[:, :, num_cached:]], dim=2)
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        output, weights = attention_interface(
+            self, query, key, value, attention_mask, dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling, **kwargs,
+        )  # fmt: skip
+        return output.reshape(batch, length, -1), weights
+
+
 class OscarEncoder(TransformerEncoder):
-    """The BERT encoder, plus `history_states` for cached captioning: per layer, the layer inputs of tokens already
-    encoded, which the new tokens attend to (keys and values from `[history ; new]`), as the original's
-    `encoder_history_states`."""
+    """The BERT encoder whose self-attention can use a key/value `Cache` (caption decoding, see
+    `OscarSelfAttention`); without a cache it is the shared `TransformerEncoder`."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        for index, layer in enumerate(self.layer):
+            # same parameters and keys (`attention.self.query` ...), plus the cache path
+            layer.attention.self = OscarSelfAttention(config, layer_idx=index)
 
     def forward(
         self,
@@ -187,15 +249,15 @@ class OscarEncoder(TransformerEncoder):
         attention_mask=None,
         output_hidden_states=False,
         output_attentions=False,
-        history_states=None,
+        cache=None,
+        num_cached=0,
     ):
-        if history_states is None:
+        if cache is None:
             return super().forward(hidden_states, attention_mask, output_hidden_states, output_attentions)
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
-        for layer, history in zip(self.layer, history_states):
-            context = torch.cat([history, hidden_states], dim=1)
-            hidden_states, weights = layer(hidden_states, attention_mask, context=context)
+        for layer in self.layer:
+            hidden_states, weights = layer(hidden_states, attention_mask, cache=cache, num_cached=num_cached)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
@@ -527,7 +589,36 @@ def caption_loss(logits, targets, label_smoothing=0.0, drop_worst_ratio=0.0):
     return loss.mean()
 
 
-class OscarForConditionalGeneration(OscarPreTrainedModel):
+class CaptionDropWorstCallback(TrainerCallback):
+    """Schedules the captioning loss's drop-worst (`caption_drop_worst_ratio` after `caption_drop_worst_after` steps).
+
+    The original counts loss calls inside the loss module; hf_vlp models keep no counters, so the step number comes
+    from the Trainer: before each optimizer step this sets `training_step` (1-based) on every
+    `OscarForConditionalGeneration` inside the trained model (also under PEFT / DDP wrappers).
+    `Trainer(..., callbacks=[CaptionDropWorstCallback()])`.
+    """
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        for module in model.modules() if model is not None else ():
+            if isinstance(module, OscarForConditionalGeneration):
+                module.training_step = state.global_step + 1
+
+
+def caption_generation_config(config: OscarConfig) -> GenerationConfig:
+    """Oscar's decoding defaults (`run_captioning.py` test mode): a caption starts with [CLS] (`bos_token_id`), ends
+    with [SEP] (`eos_token_id`), is padded with [PAD]; a caption that reaches `max_length` (= `caption_max_length`,
+    [CLS] included) gets [SEP] as its last token (`forced_eos_token_id`). The [MASK] the model reads each prediction
+    at is `config.mask_token_id` (the model appends it inside `forward`)."""
+    return GenerationConfig(
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        forced_eos_token_id=config.eos_token_id,
+        max_length=config.caption_max_length,
+    )
+
+
+class OscarForConditionalGeneration(OscarPreTrainedModel, GenerationMixin):
     """Image captioning (`BertForImageCaptioning`, `run_captioning.py`).
 
     Text = `[CLS] caption [SEP] [PAD]...` (the caption part, segment 0) followed by `tags [SEP]` (segment 1).
@@ -536,9 +627,13 @@ class OscarForConditionalGeneration(OscarPreTrainedModel):
     that mask (the caption part = the text before the first segment-1 token), or pass the original's (B, L, L) mask.
 
     Training: mask caption tokens in `input_ids` and give `labels` (B, T) with the original ids at the masked positions
-    and -100 elsewhere; the loss is the original's label-smoothed KL (`caption_label_smoothing`), dropping the worst
-    tokens after `caption_drop_worst_after` training steps (`caption_drop_worst_ratio`).
-    Inference: `generate()`.
+    and -100 elsewhere; the loss is the original's label-smoothed KL (`caption_label_smoothing`), leaving out the
+    `caption_drop_worst_ratio` worst tokens once `training_step` exceeds `caption_drop_worst_after` (from the start
+    when that is 0; `CaptionDropWorstCallback` keeps `training_step` in step with the Trainer).
+
+    Inference: `generate()` (transformers' `GenerationMixin`), which calls `forward` in decoding mode: `input_ids` are
+    then the caption so far, the tags come as `tag_ids`, and the model predicts the next token at a [MASK] it appends,
+    as the original decodes; tags, regions and caption tokens are kept in a key/value `cache`.
     """
 
     _tied_weights_keys = {"mlm_head.decoder.weight": "oscar.embeddings.word_embeddings.weight"}
@@ -547,8 +642,11 @@ class OscarForConditionalGeneration(OscarPreTrainedModel):
         super().__init__(config)
         self.oscar = OscarModel(config)
         self.mlm_head = MaskedLMHead(config.hidden_size, config.vocab_size, config.hidden_act, config.layer_norm_eps)
-        self.loss_calls = 0  # the original counts loss calls for `drop_worst_after`
+        # the 1-based number of the training step being run, set from outside (CaptionDropWorstCallback), never by
+        # forward; 0 = unknown, treated as the first step
+        self.training_step = 0
         self.post_init()
+        self.generation_config = caption_generation_config(config)
         self._freeze_word_embeddings()
 
     def _freeze_word_embeddings(self):
@@ -558,9 +656,13 @@ class OscarForConditionalGeneration(OscarPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        # loading replaces the parameters (requires_grad=True): apply the freeze again
         loaded = super().from_pretrained(*args, **kwargs)
-        (loaded[0] if isinstance(loaded, tuple) else loaded)._freeze_word_embeddings()
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        # loading replaces the parameters (requires_grad=True): apply the freeze again
+        model._freeze_word_embeddings()
+        # a folder without generation_config.json gets a generic config built from config.json: use Oscar's defaults
+        if getattr(model.generation_config, "_from_model_config", False):
+            model.generation_config = caption_generation_config(model.config)
         return loaded
 
     def get_output_embeddings(self):
@@ -569,21 +671,62 @@ class OscarForConditionalGeneration(OscarPreTrainedModel):
     def set_output_embeddings(self, new_embeddings):
         self.mlm_head.decoder = new_embeddings
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids=None,
         attention_mask=None,
         token_type_ids=None,
+        position_ids=None,
         visual_feats=None,
         visual_pos=None,
         visual_attention_mask=None,
+        inputs_embeds=None,
         labels=None,
+        tag_ids=None,
+        tag_attention_mask=None,
+        tag_position_ids=None,
+        cache=None,
+        use_cache=None,
+        output_hidden_states=None,
+        output_attentions=None,
         return_dict=None,
-        **inputs,
     ):
+        r"""
+        Two modes.
+
+        **Full text** (training, scoring): `input_ids` (B, T) = caption part + tags as described in the class
+        docstring, with `attention_mask` / `token_type_ids` (or the original's 3-D mask), regions as in `OscarModel`.
+        Returns `loss` and `masked_logits` with `labels`, else `logits` at every text position.
+
+        **Decoding step** (what `generate` calls; chosen by passing `tag_ids` or a `cache`):
+            input_ids: (B, n) the newest caption tokens: the whole caption so far, `[CLS] y1 ..`, on the first step
+                or without a cache; the last token after that.
+            attention_mask: (B, caption tokens so far) padding mask of the caption (optional).
+            position_ids: (B, n) positions of `input_ids` in the caption (default: they follow the cached ones).
+            tag_ids, tag_attention_mask: (B, N) the object tags `tags [SEP]` (segment 1) and their padding mask;
+                `tag_position_ids` (B, N) their positions (default from `max(caption_tag_position_offset,
+                caption_max_length)` on, where they sat in training).
+            visual_feats, visual_pos, visual_attention_mask: the regions.
+            cache: a transformers `Cache` (e.g. `DynamicCache`). The first step (empty cache) encodes tags and regions
+                and stores their keys/values; later steps need only the new tokens plus `tag_attention_mask` and
+                `visual_attention_mask` (which cached entries are padding).
+        The model appends [MASK] (`config.mask_token_id`) after `input_ids` and returns `logits` (B, 1, V) read there:
+        the scores of the next caption token. The [MASK] is never cached, so the cache always holds real tokens.
+        """
+        if tag_ids is not None or cache is not None:
+            if labels is not None or inputs_embeds is not None:
+                raise ValueError("a decoding step (`tag_ids` or `cache` given) takes no `labels` or `inputs_embeds`.")
+            result = self._decoding_step(
+                input_ids, attention_mask, position_ids, tag_ids, tag_attention_mask, tag_position_ids, visual_feats,
+                visual_pos, visual_attention_mask, cache if use_cache is not False else None, output_hidden_states,
+                output_attentions,
+            )  # fmt: skip
+            return result if return_dict is not False else result.to_tuple()
+
         if attention_mask is None or attention_mask.dim() == 2:
             attention_mask, visual_attention_mask = self._caption_mask(
-                input_ids if input_ids is not None else inputs.get("inputs_embeds"),
+                input_ids if input_ids is not None else inputs_embeds,
                 attention_mask,
                 token_type_ids,
                 visual_feats,
@@ -594,10 +737,13 @@ class OscarForConditionalGeneration(OscarPreTrainedModel):
             input_ids=input_ids,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
+            position_ids=position_ids,
             visual_feats=visual_feats,
             visual_pos=visual_pos,
             visual_attention_mask=visual_attention_mask,
-            **inputs,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
         result = OscarCaptioningOutput(hidden_states=outputs.hidden_states, attentions=outputs.attentions)
         if labels is not None:
@@ -605,10 +751,9 @@ class OscarForConditionalGeneration(OscarPreTrainedModel):
             masked = labels != -100
             result.masked_logits = self.mlm_head(outputs.text_hidden_state[masked])
             drop_worst = 0.0
-            if self.training:
-                self.loss_calls += 1
-                if self.loss_calls > self.config.caption_drop_worst_after:
-                    drop_worst = self.config.caption_drop_worst_ratio
+            # the original drops once its loss-call count exceeds drop_worst_after; an unset step counts as the first
+            if self.training and max(self.training_step, 1) > self.config.caption_drop_worst_after:
+                drop_worst = self.config.caption_drop_worst_ratio
             if masked.any():
                 result.loss = caption_loss(
                     result.masked_logits, labels[masked], self.config.caption_label_smoothing, drop_worst
@@ -640,65 +785,93 @@ class OscarForConditionalGeneration(OscarPreTrainedModel):
         return caption_attention_mask(attention_mask, visual_attention_mask, is_caption), None
 
     # ------------------------------------------------------------------------------------------------------------
-    # generation (oscar/modeling/modeling_utils.py `CaptionPreTrainedModel` + `BertForImageCaptioning.generate`)
+    # decoding (oscar/modeling/modeling_utils.py `CaptionPreTrainedModel`, expressed through GenerationMixin)
     # ------------------------------------------------------------------------------------------------------------
 
-    def _encode_prefix(self, caption_ids, tags, visual, use_cache):
-        """Encode `[CLS] y1 .. y(t-1) [MASK] | tags | regions` in full. Returns the logits at [MASK] and, for the cache,
-        every layer's inputs of all positions except [MASK] (the original's `past`)."""
-        tag_ids, tag_mask, tag_positions = tags
-        visual_feats, visual_pos, visual_mask = visual
-        batch, caption_len = caption_ids.shape
-        device = caption_ids.device
-        input_ids = torch.cat([caption_ids, tag_ids], dim=1)
-        caption_positions = torch.arange(caption_len, device=device).expand(batch, -1)
-        token_type_ids = torch.cat([torch.zeros_like(caption_ids), torch.ones_like(tag_ids)], dim=1)
-        text_mask = torch.cat([torch.ones_like(caption_ids), tag_mask], dim=1)
-        is_caption = torch.cat([torch.ones_like(caption_ids), torch.zeros_like(tag_ids)], dim=1)
-        outputs = self.oscar(
-            input_ids=input_ids,
-            token_type_ids=token_type_ids,
-            position_ids=torch.cat([caption_positions, tag_positions], dim=1),
-            attention_mask=caption_attention_mask(text_mask, visual_mask, is_caption),
-            visual_feats=visual_feats,
-            visual_pos=visual_pos,
-            output_hidden_states=use_cache,
+    def _decoding_step(
+        self, input_ids, attention_mask, position_ids, tag_ids, tag_attention_mask, tag_position_ids, visual_feats,
+        visual_pos, visual_attention_mask, cache, output_hidden_states, output_attentions,
+    ):  # fmt: skip
+        """One step of the original's decoding: `[caption so far] [MASK]` against tags and regions (encoded now when
+        the cache is empty, read from it otherwise); logits at [MASK]."""
+        if input_ids is None or input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            shape = None if input_ids is None else tuple(input_ids.shape)
+            raise ValueError(f"a decoding step needs `input_ids` (batch, new caption tokens), got {shape}.")
+        config = self.config
+        batch, num_new = input_ids.shape
+        device = input_ids.device
+        embeddings = self.oscar.embeddings
+        cached = cache.get_seq_length() if cache is not None else 0
+        prefix = None
+        if cached == 0:  # encode the tags and regions in this step
+            if visual_feats is None:
+                raise ValueError(
+                    "`visual_feats` is required: region features of shape (batch, regions, feature_dim) for the "
+                    "first decoding step (or every step without a cache)."
+                )
+            self.oscar._check_visual(visual_feats, visual_pos, visual_attention_mask, batch)
+            if tag_ids is None:
+                tag_ids = input_ids.new_zeros(batch, 0)
+            if tag_attention_mask is None:
+                tag_attention_mask = torch.ones_like(tag_ids)
+            if visual_attention_mask is None:
+                visual_attention_mask = torch.ones(visual_feats.shape[:2], dtype=torch.long, device=device)
+            _check_text_mask("tag_attention_mask", tag_attention_mask, tag_ids.shape)
+            _check_text_mask("visual_attention_mask", visual_attention_mask, visual_feats.shape[:2])
+            if tag_position_ids is None:
+                start = max(config.caption_tag_position_offset, config.caption_max_length)
+                tag_position_ids = torch.arange(start, start + tag_ids.shape[1], device=device)[None]
+            _check_positions("tag_position_ids", tag_position_ids, config.max_position_embeddings)
+            tags = embeddings(tag_ids, torch.ones_like(tag_ids), tag_position_ids)
+            regions = self.oscar.region_embeddings(visual_feats.to(tags.dtype), visual_pos)
+            prefix = torch.cat([tags, regions], dim=1)
+        elif tag_attention_mask is None or visual_attention_mask is None:
+            raise ValueError(
+                "a cached decoding step needs `tag_attention_mask` and `visual_attention_mask`: they tell which of the "
+                f"{cached} cached entries are tags and regions, and which of those are padding."
+            )
+        prefix_mask = torch.cat([tag_attention_mask, visual_attention_mask.to(tag_attention_mask.dtype)], dim=1)
+        cached_caption = cached - prefix_mask.shape[1] if cached else 0
+        if cached_caption < 0:
+            raise ValueError(
+                f"the cache holds {cached} entries, fewer than the {prefix_mask.shape[1]} tags and regions of "
+                "`tag_attention_mask` and `visual_attention_mask`."
+            )
+        caption_len = cached_caption + num_new
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, caption_len, dtype=torch.long, device=device)
+        _check_text_mask("attention_mask", attention_mask, (batch, caption_len))
+        if position_ids is None:
+            position_ids = torch.arange(cached_caption, caption_len, device=device)[None]
+        position_ids = position_ids.expand(batch, -1)
+        _check_text_mask("position_ids", position_ids, input_ids.shape)
+        # the [MASK] sits right after the newest token (position t when the caption is [CLS] y1 .. y(t-1))
+        caption_positions = torch.cat([position_ids, position_ids[:, -1:] + 1], dim=1)
+        _check_positions("position_ids", caption_positions, config.max_position_embeddings)
+        caption_ids = torch.cat([input_ids, torch.full_like(input_ids[:, :1], config.mask_token_id)], dim=1)
+        hidden_states = embeddings(caption_ids, torch.zeros_like(caption_ids), caption_positions)
+        if prefix is not None:
+            hidden_states = torch.cat([prefix, hidden_states], dim=1)
+        mask = caption_decoding_mask(prefix_mask, attention_mask, num_new, encodes_prefix=prefix is not None)
+        sequence, all_hidden, all_attentions = self.oscar.encoder(
+            hidden_states,
+            additive_mask(mask, hidden_states.dtype),
+            output_hidden_states=output_hidden_states or config.output_hidden_states,
+            output_attentions=output_attentions or config.output_attentions,
+            cache=cache,
+            num_cached=hidden_states.shape[1] - 1,  # everything but the [MASK]
         )
-        logits = self.mlm_head(outputs.last_hidden_state[:, caption_len - 1])
-        if not use_cache:
-            return logits, None
-        keep = torch.ones(outputs.last_hidden_state.shape[1], dtype=torch.bool, device=device)
-        keep[caption_len - 1] = False
-        history = [states[:, keep] for states in outputs.hidden_states[:-1]]
-        history_mask = torch.cat([torch.ones_like(caption_ids[:, :-1]), tag_mask, visual_mask], dim=1)
-        return logits, (history, history_mask)
-
-    def _decode_cached(self, sequences, cache, mask_token_id):
-        """One cached step: encode `[y(t-1), [MASK]]` (positions t-1, t) against the history, then append y(t-1)'s
-        layer inputs to it (the original's `prev_encoded_layers`)."""
-        history, history_mask = cache
-        batch, length = sequences.shape
-        device = sequences.device
-        new_ids = torch.cat([sequences[:, -1:], torch.full_like(sequences[:, -1:], mask_token_id)], dim=1)
-        positions = torch.arange(length - 1, length + 1, device=device).expand(batch, -1)
-        embeddings = self.oscar.embeddings(new_ids, torch.zeros_like(new_ids), positions)
-        # the new rows see the history (minus its padding) and, causally, each other
-        causal = torch.ones(2, 2, dtype=torch.long, device=device).tril().expand(batch, -1, -1)
-        mask = torch.cat([history_mask[:, None].expand(-1, 2, -1), causal], dim=2)
-        _, layer_states, _ = self.oscar.encoder(
-            embeddings, additive_mask(mask, embeddings.dtype), output_hidden_states=True, history_states=history
+        return OscarCaptioningOutput(
+            logits=self.mlm_head(sequence[:, -1:]), cache=cache, hidden_states=all_hidden, attentions=all_attentions
         )
-        logits = self.mlm_head(layer_states[-1][:, 1])
-        history = [torch.cat([past, states[:, :1]], dim=1) for past, states in zip(history, layer_states[:-1])]
-        history_mask = torch.cat([history_mask, torch.ones_like(sequences[:, :1])], dim=1)
-        return logits, (history, history_mask)
 
-    def _next_logits(self, sequences, tags, visual, cache, use_cache, mask_token_id):
-        """Logits of the token after `sequences` ([CLS] y1 .. y(t-1)) and the updated cache."""
-        if cache is not None:
-            return self._decode_cached(sequences, cache, mask_token_id)
-        mask_ids = torch.full_like(sequences[:, :1], mask_token_id)
-        return self._encode_prefix(torch.cat([sequences, mask_ids], dim=1), tags, visual, use_cache)
+    def prepare_inputs_for_generation(self, input_ids, cache=None, **kwargs):
+        inputs = super().prepare_inputs_for_generation(input_ids, cache=cache, **kwargs)
+        if cache is not None and cache.get_seq_length() > 0:
+            # tags and regions are in the cache: only their padding masks are still read
+            for name in ("tag_ids", "tag_position_ids", "visual_feats", "visual_pos"):
+                inputs.pop(name, None)
+        return inputs
 
     def _tag_segment(self, input_ids, attention_mask, token_type_ids, batch, device):
         """The object-tag block: all of `input_ids` without `token_type_ids`, else the part from the first segment-1
@@ -724,8 +897,7 @@ class OscarForConditionalGeneration(OscarPreTrainedModel):
         tag_mask = torch.where(inside, attention_mask.gather(1, index), 0)
         return tag_ids, tag_mask
 
-    @torch.no_grad()
-    def generate(
+    def caption_decoding_inputs(
         self,
         input_ids=None,
         attention_mask=None,
@@ -734,60 +906,19 @@ class OscarForConditionalGeneration(OscarPreTrainedModel):
         visual_pos=None,
         visual_attention_mask=None,
         max_length=None,
-        num_beams=1,
-        num_return_sequences=1,
-        length_penalty=1.0,
-        do_sample=False,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
         tag_position_offset=None,
-        use_cache=True,
-        legacy_beam_cache=False,
-        return_dict_in_generate=False,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
-        mask_token_id=None,
-        **kwargs,
     ):
-        """Caption the regions, conditioned on the object tags, with the original's decoding rules.
-
-        `input_ids`: the tags segment `tags [SEP]` (B, T) with its `attention_mask`, or a full Oscar text with
-        `token_type_ids` (only the segment-1 part is used), or None (no tags). At each step the model reads
-        `[CLS] y1 .. y(t-1) [MASK]` (positions 0..t, segment 0), then the tags (segment 1, positions from
-        `max(tag_position_offset, max_length)` on: where they sat in training) and the regions; the next token is
-        read at [MASK]. A row stops after `eos_token_id` ([SEP]); a row that reaches `max_length` tokens ([CLS]
-        included) gets its last token replaced by [SEP].
-
-        Greedy (`num_beams=1`, optionally `do_sample` with `temperature` / `top_k` / `top_p`) scores a caption by the
-        mean log-probability of its tokens up to [SEP]. Beam search keeps `2 * num_beams` candidates per step as the
-        original, finishes a hypothesis at [SEP] or at `max_length`, scores it `sum log p / len ** length_penalty`
-        and returns the `num_return_sequences` best. `use_cache` re-uses the encoded tags / regions / caption prefix
-        (the original's `output_hidden_states=True` path); both paths give the same captions. Special token ids
-        default to the config's ([CLS], [SEP], [PAD], [MASK]).
-
-        `legacy_beam_cache=True` reproduces the released code's cached beam search exactly: when beams are re-ranked
-        it moves only the newest cached caption token with its beam and leaves older cached tokens in place, so a
-        beam may attend to another beam's earlier tokens. The released evaluation (no cache) and the default here
-        keep every beam's history with it.
-        """
+        """The conditioning inputs of decoding steps, from the processor's layout: `tag_ids`, `tag_attention_mask`,
+        `tag_position_ids` (from `max(tag_position_offset, max_length)` on, as the original places the tags) and the
+        regions. `input_ids` is the tags segment `tags [SEP]`, or a full Oscar text with `token_type_ids` (only the
+        segment-1 part is used), or None (no tags)."""
         config = self.config
-        if kwargs:
-            raise ValueError(f"unsupported generate() arguments: {sorted(kwargs)}")
-        if visual_feats is None:
-            raise ValueError("`visual_feats` is required: region features of shape (batch, regions, feature_dim).")
-        max_length = max_length or config.caption_max_length
-        if max_length < 2:
-            raise ValueError(f"`max_length` counts [CLS] and must be at least 2, got {max_length}.")
-        if num_beams < 1 or num_return_sequences < 1:
-            raise ValueError("`num_beams` and `num_return_sequences` must be >= 1.")
-        if num_beams == 1 and num_return_sequences != 1:
-            raise ValueError("greedy decoding returns one caption per image: use num_beams > 1 for several.")
-        if do_sample and num_beams > 1:
-            raise ValueError("`do_sample` is supported with num_beams=1 only.")
-        batch = visual_feats.shape[0]
-        device = visual_feats.device
+        if visual_feats is None or visual_feats.dim() != 3:
+            shape = None if visual_feats is None else tuple(visual_feats.shape)
+            raise ValueError(
+                f"`visual_feats` is required: region features of shape (batch, regions, feature_dim), got {shape}."
+            )
+        batch, device = visual_feats.shape[0], visual_feats.device
         if visual_attention_mask is None:
             visual_attention_mask = torch.ones(visual_feats.shape[:2], dtype=torch.long, device=device)
         self.oscar._check_visual(visual_feats, visual_pos, visual_attention_mask, batch)
@@ -796,172 +927,78 @@ class OscarForConditionalGeneration(OscarPreTrainedModel):
                 f"`input_ids` batch size {input_ids.shape[0]} and `visual_feats` batch size {batch} differ."
             )
         tag_ids, tag_mask = self._tag_segment(input_ids, attention_mask, token_type_ids, batch, device)
+        max_length = config.caption_max_length if max_length is None else max_length
         offset = config.caption_tag_position_offset if tag_position_offset is None else tag_position_offset
-        # the original avoids a clash of caption and tag positions: max(od_labels_start_posid, max_length)
+        limit = config.max_position_embeddings
+        if max_length > limit:
+            raise ValueError(
+                f"`max_length` ({max_length}, [CLS] included) exceeds the position table (max_position_embeddings="
+                f"{limit}): the caption's positions would not exist."
+            )
+        # the original avoids a clash of caption and tag positions: tags from max(od_labels_start_posid, max_length)
         start = max(offset, max_length)
-        tag_positions = torch.arange(start, start + tag_ids.shape[1], device=device).expand(batch, -1)
-
-        expand = num_beams
-        repeat = lambda t: None if t is None else t.repeat_interleave(expand, dim=0)
-        tags = (repeat(tag_ids), repeat(tag_mask), repeat(tag_positions))
-        visual = (repeat(visual_feats), repeat(visual_pos), repeat(visual_attention_mask.long()))
-        bos_token_id = config.bos_token_id if bos_token_id is None else bos_token_id
-        eos_token_id = config.eos_token_id if eos_token_id is None else eos_token_id
-        special = dict(
-            eos_ids=torch.tensor(
-                eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id], device=device
-            ),
-            pad_token_id=config.pad_token_id if pad_token_id is None else pad_token_id,
-            mask_token_id=config.mask_token_id if mask_token_id is None else mask_token_id,
+        if start + tag_ids.shape[1] > limit:
+            raise ValueError(
+                f"the {tag_ids.shape[1]} tag tokens would sit at positions {start}..{start + tag_ids.shape[1] - 1} "
+                f"(from max(tag_position_offset={offset}, max_length={max_length})), beyond max_position_embeddings="
+                f"{limit}: lower `max_length` or `tag_position_offset`, or pass fewer tags."
+            )
+        return dict(
+            tag_ids=tag_ids,
+            tag_attention_mask=tag_mask,
+            tag_position_ids=torch.arange(start, start + tag_ids.shape[1], device=device).expand(batch, -1),
+            visual_feats=visual_feats,
+            visual_pos=visual_pos,
+            visual_attention_mask=visual_attention_mask.long(),
         )
-        sequences = torch.full((batch * expand, 1), bos_token_id, dtype=torch.long, device=device)
-        if num_beams == 1:
-            sequences, scores = self._greedy(
-                sequences, tags, visual, max_length, use_cache, do_sample, temperature, top_k, top_p, **special
-            )
-        else:
-            sequences, scores = self._beam_search(
-                sequences,
-                tags,
-                visual,
-                max_length,
-                use_cache,
-                num_beams,
-                num_return_sequences,
-                length_penalty,
-                legacy_beam_cache,
-                **special,
-            )
-        sequences, scores = sequences.flatten(0, 1), scores.flatten(0, 1)
-        if return_dict_in_generate:
-            return OscarGenerationOutput(sequences=sequences, sequences_scores=scores)
-        return sequences
 
-    def _greedy(
-        self, sequences, tags, visual, max_length, use_cache, do_sample, temperature, top_k, top_p, eos_ids,
-        pad_token_id, mask_token_id,
-    ):  # fmt: skip
-        """`_generate_no_beam_search` of the original."""
-        pad = pad_token_id
-        batch = sequences.shape[0]
-        unfinished = torch.ones(batch, dtype=torch.long, device=sequences.device)
-        log_probs, counted = [], []
-        cache = None
-        while sequences.shape[1] < max_length:
-            logits, cache = self._next_logits(sequences, tags, visual, cache, use_cache, mask_token_id)
-            logits = logits.float()
-            if do_sample:
-                logits = _filter_logits(logits / temperature, top_k, top_p)
-                next_tokens = torch.multinomial(logits.softmax(-1), num_samples=1).squeeze(1)
-            else:
-                next_tokens = logits.argmax(-1)
-            log_probs.append(logits.log_softmax(-1).gather(1, next_tokens[:, None]).squeeze(1))
-            counted.append(unfinished)
-            next_tokens = next_tokens * unfinished + pad * (1 - unfinished)
-            sequences = torch.cat([sequences, next_tokens[:, None]], dim=1)
-            unfinished = unfinished * (~torch.isin(next_tokens, eos_ids)).long()
-            if unfinished.max() == 0:
-                break
-        if sequences.shape[1] == max_length:  # rows that never ended: the last token becomes [SEP]
-            sequences[:, -1] = torch.where(unfinished.bool(), eos_ids[0], sequences[:, -1])
-        counted = torch.stack(counted, dim=1).float()
-        scores = (torch.stack(log_probs, dim=1) * counted).sum(1) / counted.sum(1)
-        sequences = F.pad(sequences, (0, max_length - sequences.shape[1]), value=pad)
-        return sequences[:, None], scores[:, None]
+    def generate(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        visual_feats=None,
+        visual_pos=None,
+        visual_attention_mask=None,
+        generation_config=None,
+        tag_position_offset=None,
+        **kwargs,
+    ):
+        """Caption the regions, conditioned on the object tags: transformers' `generate` (greedy, beam search,
+        sampling, logits processors, stopping criteria, streamers, `max_new_tokens` ...) over Oscar's decoding step.
 
-    def _beam_search(
-        self, sequences, tags, visual, max_length, use_cache, num_beams, num_keep, length_penalty, legacy_beam_cache, eos_ids,
-        pad_token_id, mask_token_id,
-    ):  # fmt: skip
-        """`_generate_beam_search` of the original, vectorised over the batch.
-
-        Per step the 2 * num_beams best (beam, token) continuations are read in order of score; a [SEP] (or any token
-        at the last step) closes a hypothesis `sequence so far + [SEP]` with score `sum log p / cur_len **
-        length_penalty`; the first num_beams other continuations form the next beams. An example is done once it
-        holds `num_keep` hypotheses and none of its live beams can beat the worst of them.
+        `input_ids` / `attention_mask` / `token_type_ids` are the processor's tags layout (see
+        `caption_decoding_inputs`), not a prompt: every caption starts from [CLS]. The tags sit at positions from
+        `max(tag_position_offset, max_length)` on (`tag_position_offset` defaults to
+        `config.caption_tag_position_offset`, the training `max_seq_a_length`). Defaults (`caption_generation_config`):
+        `max_length = config.caption_max_length` ([CLS] included) and a forced final [SEP], as the original.
+        Returns `[CLS] caption [SEP]` padded with [PAD] to the longest caption, or the usual `GenerateOutput` with
+        `return_dict_in_generate=True` (`sequences_scores` for beam search).
         """
-        pad = pad_token_id
-        device = sequences.device
-        beams = num_beams
-        batch = sequences.shape[0] // beams
-        candidates = 2 * beams  # the original's TOPN_PER_BEAM = 2
-        beam_scores = torch.zeros(batch, beams, device=device)
-        beam_scores[:, 1:] = -1e9  # all beams start identical: expand only the first
-        beam_scores = beam_scores.view(-1)
-        hyp_scores = torch.full((batch, num_keep), -float("inf"), device=device)
-        hyp_tokens = torch.full((batch, num_keep, max_length), pad, dtype=torch.long, device=device)
-        hyp_count = torch.zeros(batch, dtype=torch.long, device=device)
-        done = torch.zeros(batch, dtype=torch.bool, device=device)
-        arange_batch = torch.arange(batch, device=device)
-        cache = None
-        while sequences.shape[1] < max_length:
-            cur_len = sequences.shape[1]
-            logits, cache = self._next_logits(sequences, tags, visual, cache, use_cache, mask_token_id)
-            vocab = logits.shape[-1]
-            scores = logits.float().log_softmax(-1) + beam_scores[:, None]
-            next_scores, next_words = scores.view(batch, beams * vocab).topk(candidates, dim=1)
-            # the original's BeamHypotheses.is_done(best candidate score), checked before this step's candidates
-            worst = hyp_scores.min(dim=1).values
-            done |= (hyp_count >= num_keep) & (worst >= next_scores[:, 0] / (max_length - 1) ** length_penalty)
-
-            beam_ids, words = next_words // vocab, next_words % vocab
-            closes = torch.isin(words, eos_ids) | (cur_len + 1 == max_length)
-            continues = ~closes
-            # candidates are read in order until num_beams continuations are collected
-            read = (continues.cumsum(1) - continues.long()) < beams
-            new_hyps = read & closes & ~done[:, None]
-
-            # add the closed hypotheses: keep the num_keep best (ties keep the earlier one)
-            rows = arange_batch[:, None] * beams + beam_ids  # (B, 2K) rows of `sequences`
-            closed = torch.full((batch, candidates, max_length), pad, dtype=torch.long, device=device)
-            closed[:, :, :cur_len] = sequences[rows]
-            closed[:, :, cur_len] = eos_ids[0]
-            closed_scores = torch.where(new_hyps, next_scores / cur_len**length_penalty, -float("inf"))
-            pool_scores = torch.cat([hyp_scores, closed_scores], dim=1)
-            order = pool_scores.sort(dim=1, descending=True, stable=True).indices[:, :num_keep]
-            hyp_scores = pool_scores.gather(1, order)
-            pool_tokens = torch.cat([hyp_tokens, closed], dim=1)
-            hyp_tokens = pool_tokens.gather(1, order[..., None].expand(-1, -1, max_length))
-            hyp_count = (hyp_count + new_hyps.sum(1)).clamp(max=num_keep)
-
-            # next beams: the first num_beams continuations (done examples keep any, they are never read again)
-            chosen = (read & continues).long().argsort(dim=1, descending=True, stable=True)[:, :beams]
-            beam_scores = next_scores.gather(1, chosen).view(-1)
-            beam_rows = rows.gather(1, chosen).view(-1)
-            beam_words = words.gather(1, chosen).view(-1)
-            sequences = torch.cat([sequences[beam_rows], beam_words[:, None]], dim=1)
-            if cache is not None:
-                history, history_mask = cache
-                if legacy_beam_cache and cur_len > 1:
-                    # the released code re-ranks only the newest cached token (`past`), not the older history
-                    history = [torch.cat([states[:, :-1], states[beam_rows, -1:]], dim=1) for states in history]
-                else:
-                    history = [states[beam_rows] for states in history]
-                cache = (history, history_mask[beam_rows])
-            if done.all():
-                break
-        # examples with fewer than num_keep hypotheses report -1e5 and an all-padding sequence, as the original
-        hyp_scores = torch.where(torch.isinf(hyp_scores), torch.full_like(hyp_scores, -1e5), hyp_scores)
-        return hyp_tokens, hyp_scores
+        resolved, _ = self._prepare_generation_config(generation_config, **kwargs)
+        max_length = resolved.max_length if resolved.max_new_tokens is None else 1 + resolved.max_new_tokens
+        conditioning = self.caption_decoding_inputs(
+            input_ids, attention_mask, token_type_ids, visual_feats, visual_pos, visual_attention_mask, max_length,
+            tag_position_offset,
+        )  # fmt: skip
+        if resolved.bos_token_id is None:
+            raise ValueError("`bos_token_id` ([CLS], the first caption token) is not set.")
+        batch = conditioning["visual_feats"].shape[0]
+        start = torch.full((batch, 1), resolved.bos_token_id, dtype=torch.long, device=visual_feats.device)
+        return super().generate(start, generation_config=generation_config, **conditioning, **kwargs)
 
 
-def _filter_logits(logits, top_k=0, top_p=1.0):
-    """Top-k and nucleus (top-p) filtering of (N, V) logits; filtered entries become -inf."""
-    if top_k > 0:
-        threshold = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < threshold, -float("inf"))
-    if top_p < 1.0:
-        sorted_logits, sorted_index = logits.sort(dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        remove = cumulative > top_p
-        remove[:, 1:] = remove[:, :-1].clone()  # keep the first token above the threshold
-        remove[:, 0] = False
-        logits = logits.masked_fill(remove.scatter(1, sorted_index, remove), -float("inf"))
-    return logits
+def _check_positions(name, position_ids, limit):
+    if position_ids.numel() and int(position_ids.max()) >= limit:
+        raise ValueError(
+            f"`{name}` reach position {int(position_ids.max())}, beyond the position table (max_position_embeddings="
+            f"{limit}); lower `max_length` / `max_new_tokens`."
+        )
 
 
 __all__ = [
     "LORA_TARGET_MODULES",
+    "CaptionDropWorstCallback",
     "OscarForConditionalGeneration",
     "OscarForImageTextRetrieval",
     "OscarForPreTraining",
@@ -970,5 +1007,7 @@ __all__ = [
     "OscarModel",
     "OscarPreTrainedModel",
     "caption_attention_mask",
+    "caption_decoding_mask",
+    "caption_generation_config",
     "caption_loss",
 ]
