@@ -319,8 +319,8 @@ def to_paddle_params(model, task_prefix="vcr") -> dict:
         state = {"ernie_vil." + k: v for k, v in state.items()}
     out = {}
     for key, value in state.items():
-        if key == "mlm_head.decoder.weight" or any(re.match(p, key) for p in NO_PADDLE_NAME):
-            continue  # the decoder is tied to `word_embedding`
+        if key in ("mlm_head.decoder.weight", "mlm_head.decoder.bias") or any(re.match(p, key) for p in NO_PADDLE_NAME):
+            continue  # the decoder is tied to `word_embedding` and its bias to `mlm_head.bias`
         for pattern, paddle in inverse:
             match = re.match(pattern, key)
             if match:

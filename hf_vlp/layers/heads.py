@@ -31,17 +31,23 @@ class PredictionHeadTransform(nn.Module):
 
 
 class MaskedLMHead(nn.Module):
-    """BERT's MLM head. `decoder.weight` is tied to the word embeddings by the model's `_tied_weights_keys`;
-    its bias is the separate `bias` parameter, as in BERT checkpoints."""
+    """BERT's MLM head: transform, then the vocabulary decoder.
+
+    `decoder.weight` is tied to the word embeddings by the model's `_tied_weights_keys`. The output bias is the
+    `bias` parameter (the key of BERT checkpoints) and is the decoder's own bias too: the model declares
+    `"<head>.decoder.bias": "<head>.bias"` in `_tied_weights_keys`, as BERT does, so `resize_token_embeddings`
+    (which rebuilds `get_output_embeddings()`, the decoder) resizes the bias with it and save/load round-trips.
+    """
 
     def __init__(self, hidden_size, vocab_size, hidden_act="gelu", layer_norm_eps=1e-12):
         super().__init__()
         self.transform = PredictionHeadTransform(hidden_size, hidden_act, layer_norm_eps)
-        self.decoder = nn.Linear(hidden_size, vocab_size, bias=False)
+        self.decoder = nn.Linear(hidden_size, vocab_size)
         self.bias = nn.Parameter(torch.zeros(vocab_size))
+        self.decoder.bias = self.bias  # one parameter under both names, also before the model ties its weights
 
     def forward(self, hidden_states):
-        return self.decoder(self.transform(hidden_states)) + self.bias
+        return self.decoder(self.transform(hidden_states))
 
 
 def mlp_classifier(input_size, hidden_size, output_size, layer_norm_eps=1e-12, activation="gelu"):
