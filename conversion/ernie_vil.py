@@ -102,7 +102,7 @@ PARAM_TABLE = (
         ("mask_lm_trans_fc.b_0", "mlm_head.transform.dense.bias"),
         ("mask_lm_trans_layer_norm_scale", "mlm_head.transform.LayerNorm.weight"),
         ("mask_lm_trans_layer_norm_bias", "mlm_head.transform.LayerNorm.bias"),
-        ("mask_lm_out_fc.b_0", "mlm_head.bias"),
+        ("mask_lm_out_fc.b_0", "mlm_head.decoder.bias"),
     ]
 )
 
@@ -319,8 +319,8 @@ def to_paddle_params(model, task_prefix="vcr") -> dict:
         state = {"ernie_vil." + k: v for k, v in state.items()}
     out = {}
     for key, value in state.items():
-        if key in ("mlm_head.decoder.weight", "mlm_head.decoder.bias") or any(re.match(p, key) for p in NO_PADDLE_NAME):
-            continue  # the decoder is tied to `word_embedding` and its bias to `mlm_head.bias`
+        if key == "mlm_head.decoder.weight" or any(re.match(p, key) for p in NO_PADDLE_NAME):
+            continue  # the decoder is tied to `word_embedding`
         for pattern, paddle in inverse:
             match = re.match(pattern, key)
             if match:

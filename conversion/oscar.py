@@ -58,7 +58,7 @@ KEY_MAP = KeyMap(
         (r"^bert\.img_embedding\.", "oscar.region_embeddings.projection."),
         (r"^bert\.LayerNorm\.", "oscar.region_embeddings.LayerNorm."),  # VinVL's image LayerNorm
         (r"^cls\.predictions\.decoder\.weight$", "mlm_head.decoder.weight"),
-        (r"^cls\.predictions\.bias$", "mlm_head.bias"),
+        (r"^cls\.predictions\.bias$", "mlm_head.decoder.bias"),
         (r"^cls\.predictions\.transform\.", "mlm_head.transform."),
         (r"^cls\.seq_relationship\.", "contrastive_head."),
         (r"^classifier\.", "classifier."),

@@ -35,6 +35,7 @@ KEY_MAP = KeyMap(
     renames=[
         (r"^uniter\.img_embeddings\.mask_embedding\.weight$", "uniter.img_embeddings.mask_embedding"),
         (r"^uniter\.", "uniter."),
+        (r"^cls\.predictions\.bias$", "mlm_head.decoder.bias"),  # hf_vlp's MLM bias is the decoder's own
         (r"^cls\.predictions\.", "mlm_head."),
         (r"^feat_regress\.net\.", "region_feature_head.transform."),
         (r"^feat_regress\.bias$", "region_feature_head.bias"),

@@ -31,20 +31,23 @@ class PredictionHeadTransform(nn.Module):
 
 
 class MaskedLMHead(nn.Module):
-    """BERT's MLM head: transform, then the vocabulary decoder.
+    """BERT's MLM head: transform, then the vocabulary decoder (keys `transform.*`, `decoder.weight`, `decoder.bias`).
 
     `decoder.weight` is tied to the word embeddings by the model's `_tied_weights_keys`. The output bias is the
-    `bias` parameter (the key of BERT checkpoints) and is the decoder's own bias too: the model declares
-    `"<head>.decoder.bias": "<head>.bias"` in `_tied_weights_keys`, as BERT does, so `resize_token_embeddings`
-    (which rebuilds `get_output_embeddings()`, the decoder) resizes the bias with it and save/load round-trips.
+    decoder's own bias (as in transformers' ViLT head), so `resize_token_embeddings`, which rebuilds
+    `get_output_embeddings()` (the decoder), resizes weight and bias together and the result saves and reloads;
+    `bias` names the same parameter (BERT checkpoints call it `cls.predictions.bias`; converters map it to
+    `decoder.bias`).
     """
 
     def __init__(self, hidden_size, vocab_size, hidden_act="gelu", layer_norm_eps=1e-12):
         super().__init__()
         self.transform = PredictionHeadTransform(hidden_size, hidden_act, layer_norm_eps)
         self.decoder = nn.Linear(hidden_size, vocab_size)
-        self.bias = nn.Parameter(torch.zeros(vocab_size))
-        self.decoder.bias = self.bias  # one parameter under both names, also before the model ties its weights
+
+    @property
+    def bias(self):
+        return self.decoder.bias
 
     def forward(self, hidden_states):
         return self.decoder(self.transform(hidden_states))

@@ -87,10 +87,7 @@ class ErnieVilForPreTraining(ErnieVilPreTrainedModel):
     Matching: `itm_labels` (B,) 1 = the caption describes the image.
     """
 
-    _tied_weights_keys = {
-        "mlm_head.decoder.weight": "ernie_vil.embeddings.word_embeddings.weight",
-        "mlm_head.decoder.bias": "mlm_head.bias",
-    }
+    _tied_weights_keys = {"mlm_head.decoder.weight": "ernie_vil.embeddings.word_embeddings.weight"}
 
     def __init__(self, config: ErnieVilConfig):
         super().__init__(config)

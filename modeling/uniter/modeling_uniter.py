@@ -250,10 +250,7 @@ class UniterForPreTraining(UniterPreTrainedModel):
     Without any labels it returns `mlm_logits` (B, T, vocab) at every text position and `itm_logits` (B, 2).
     """
 
-    _tied_weights_keys = {
-        "mlm_head.decoder.weight": "uniter.embeddings.word_embeddings.weight",
-        "mlm_head.decoder.bias": "mlm_head.bias",
-    }
+    _tied_weights_keys = {"mlm_head.decoder.weight": "uniter.embeddings.word_embeddings.weight"}
 
     def __init__(self, config: UniterConfig):
         super().__init__(config)

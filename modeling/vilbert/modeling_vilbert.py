@@ -515,10 +515,7 @@ class VilbertForPreTraining(VilbertPreTrainedModel):
     collator's job; the model zeroes the features of `region_mask` regions itself.
     """
 
-    _tied_weights_keys = {
-        "mlm_head.decoder.weight": "vilbert.embeddings.word_embeddings.weight",
-        "mlm_head.decoder.bias": "mlm_head.bias",
-    }
+    _tied_weights_keys = {"mlm_head.decoder.weight": "vilbert.embeddings.word_embeddings.weight"}
 
     def __init__(self, config: VilbertConfig):
         super().__init__(config)
@@ -968,10 +965,7 @@ class VilbertForMultiTask(VilbertPreTrainedModel):
     (`examples/vilbert_multitask.py`).
     """
 
-    _tied_weights_keys = {
-        "mlm_head.decoder.weight": "vilbert.embeddings.word_embeddings.weight",
-        "mlm_head.decoder.bias": "mlm_head.bias",
-    }
+    _tied_weights_keys = {"mlm_head.decoder.weight": "vilbert.embeddings.word_embeddings.weight"}
 
     def __init__(self, config: VilbertConfig):
         super().__init__(config)
