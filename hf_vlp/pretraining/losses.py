@@ -85,7 +85,7 @@ def region_selection_loss(scores: torch.Tensor, labels: torch.Tensor, visual_att
 def _check_groups(scores: torch.Tensor, group_size) -> torch.Tensor:
     group_size = int(group_size)
     if group_size < 2 or scores.shape[0] % group_size:
-        raise ValueError(f"batch size {scores.shape[0]} is not a multiple of `group_size`={group_size} (>= 2).")
+        raise ValueError(f"batch size {scores.shape[0]} is not a multiple of group_size={group_size} (>= 2).")
     return scores.float().view(-1, group_size)
 
 
