@@ -43,7 +43,8 @@ class MaskedLMHead(nn.Module):
     def __init__(self, hidden_size, vocab_size, hidden_act="gelu", layer_norm_eps=1e-12):
         super().__init__()
         self.transform = PredictionHeadTransform(hidden_size, hidden_act, layer_norm_eps)
-        self.decoder = nn.Linear(hidden_size, vocab_size)
+        self.decoder = nn.Linear(hidden_size, vocab_size, bias=False)
+        self.decoder.bias = nn.Parameter(torch.zeros(vocab_size))  # zeros, as BERT starts its output bias
 
     @property
     def bias(self):

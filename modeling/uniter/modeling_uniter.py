@@ -80,11 +80,16 @@ class UniterForPreTrainingOutput(ModelOutput):
     wra_loss: torch.FloatTensor | None = None
     mlm_logits: torch.FloatTensor | None = None
     region_feature_predictions: torch.FloatTensor | None = None
-    region_class_logits: torch.FloatTensor | None = None
+    region_logits: torch.FloatTensor | None = None
     itm_logits: torch.FloatTensor | None = None
     ot_distances: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+
+    @property
+    def region_class_logits(self):
+        """Former name of `region_logits` (read by `hf_vlp.conversion.uniter`'s fixture check)."""
+        return self.region_logits
 
 
 @dataclass
@@ -337,9 +342,9 @@ class UniterForPreTraining(UniterPreTrainedModel):
                 )
                 weighted.append(config.mrfr_weight * result.mrfr_loss)
             if region_class_labels is not None or region_soft_labels is not None:
-                result.region_class_logits = self.region_class_head(masked_hidden)
+                result.region_logits = self.region_class_head(masked_hidden)
             if region_class_labels is not None:
-                result.mrc_loss = masked_cross_entropy(result.region_class_logits, region_class_labels[masked])
+                result.mrc_loss = masked_cross_entropy(result.region_logits, region_class_labels[masked])
                 weighted.append(config.mrc_weight * result.mrc_loss)
             if region_soft_labels is not None:
                 if region_soft_labels.shape[-1] != config.num_region_classes:
@@ -347,7 +352,7 @@ class UniterForPreTraining(UniterPreTrainedModel):
                         f"`region_soft_labels` has {region_soft_labels.shape[-1]} classes, the model "
                         f"num_region_classes={config.num_region_classes}."
                     )
-                result.mrc_kl_loss = region_kl_loss(result.region_class_logits, region_soft_labels[masked])
+                result.mrc_kl_loss = region_kl_loss(result.region_logits, region_soft_labels[masked])
                 weighted.append(config.mrc_kl_weight * result.mrc_kl_loss)
 
         if itm_labels is not None:

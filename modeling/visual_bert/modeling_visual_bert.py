@@ -70,38 +70,15 @@ class VisualBertPreTrainedModel(hf.VisualBertPreTrainedModel):
     _no_split_modules = ["VisualBertLayer", "VisualBertEmbeddings"]
     accepts_loss_kwargs = False  # every head normalises its own loss (DESIGN.md, Trainer under DDP)
 
-    def _encode(
-        self,
-        input_ids,
-        attention_mask,
-        token_type_ids,
-        position_ids,
-        inputs_embeds,
-        visual_embeds,
-        visual_attention_mask,
-        visual_token_type_ids,
-        image_text_alignment,
-        output_attentions,
-        output_hidden_states,
-    ):
-        """transformers' `VisualBertModel.forward` with the input checks and the original's region token types."""
-        _check_region_inputs(visual_embeds, visual_attention_mask, visual_token_type_ids, input_ids)
-        backbone = self if isinstance(self, hf.VisualBertModel) else self.visual_bert
-        return hf.VisualBertModel.forward(
-            backbone,
-            input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            visual_embeds=visual_embeds,
-            visual_attention_mask=visual_attention_mask,
-            visual_token_type_ids=_default_visual_token_type_ids(visual_embeds, visual_token_type_ids),
-            image_text_alignment=image_text_alignment,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
+    def _encode(self, inputs):
+        """transformers' `VisualBertModel.forward` on `inputs` (the keyword arguments of `VisualBertModel.forward`),
+        with the input checks and the original's region token types."""
+        _check_region_inputs(
+            inputs["visual_embeds"], inputs["visual_attention_mask"], inputs["visual_token_type_ids"], inputs["input_ids"]
         )
+        backbone = self if isinstance(self, hf.VisualBertModel) else self.visual_bert
+        token_types = _default_visual_token_type_ids(inputs["visual_embeds"], inputs["visual_token_type_ids"])
+        return hf.VisualBertModel.forward(backbone, **{**inputs, "visual_token_type_ids": token_types}, return_dict=True)
 
 
 class VisualBertModel(VisualBertPreTrainedModel, hf.VisualBertModel):
@@ -124,17 +101,19 @@ class VisualBertModel(VisualBertPreTrainedModel, hf.VisualBertModel):
         return_dict=None,
     ) -> hf.BaseModelOutputWithPooling:
         return self._encode(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            inputs_embeds,
-            visual_embeds,
-            visual_attention_mask,
-            visual_token_type_ids,
-            image_text_alignment,
-            output_attentions,
-            output_hidden_states,
+            dict(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                visual_embeds=visual_embeds,
+                visual_attention_mask=visual_attention_mask,
+                visual_token_type_ids=visual_token_type_ids,
+                image_text_alignment=image_text_alignment,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+            )
         )
 
 
@@ -183,17 +162,19 @@ class VisualBertForPreTraining(VisualBertPreTrainedModel, hf.VisualBertForPreTra
         return_dict=None,
     ) -> VisualBertForPreTrainingOutput:
         outputs = self._encode(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            inputs_embeds,
-            visual_embeds,
-            visual_attention_mask,
-            visual_token_type_ids,
-            image_text_alignment,
-            output_attentions,
-            output_hidden_states,
+            dict(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                visual_embeds=visual_embeds,
+                visual_attention_mask=visual_attention_mask,
+                visual_token_type_ids=visual_token_type_ids,
+                image_text_alignment=image_text_alignment,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+            )
         )
         prediction_logits, seq_relationship_logits = self.cls(outputs.last_hidden_state, outputs.pooler_output)
 
@@ -226,7 +207,66 @@ class VisualBertForPreTraining(VisualBertPreTrainedModel, hf.VisualBertForPreTra
         return F.pad(labels, (0, joint_length - labels.shape[1]), value=-100)
 
 
-class VisualBertForVisualQuestionAnswering(VisualBertPreTrainedModel, hf.VisualBertForQuestionAnswering):
+class VisualBertTaskHead(VisualBertPreTrainedModel):
+    """One forward for the classification heads (VQA, NLVR2, VCR), over transformers' modules `visual_bert`,
+    `dropout`, `cls`. A head states `prepare_inputs` (its input layout), `predict(outputs, inputs, layout)` and
+    `compute_loss(logits, labels)`; `output_class` is its transformers output."""
+
+    output_class = hf.SequenceClassifierOutput
+
+    def prepare_inputs(self, inputs):
+        return inputs, None
+
+    def predict(self, outputs, inputs, layout):
+        return self.cls(self.dropout(outputs.pooler_output))
+
+    def compute_loss(self, logits, labels):
+        return masked_cross_entropy(logits, labels.view(-1))
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        visual_embeds=None,
+        visual_attention_mask=None,
+        visual_token_type_ids=None,
+        image_text_alignment=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ):
+        r"""Inputs as `VisualBertModel` (in the head's layout, see the class docstring); labels: the head's targets."""
+        inputs, layout = self.prepare_inputs(
+            dict(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                visual_embeds=visual_embeds,
+                visual_attention_mask=visual_attention_mask,
+                visual_token_type_ids=visual_token_type_ids,
+                image_text_alignment=image_text_alignment,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+            )
+        )
+        outputs = self._encode(inputs)
+        logits = self.predict(outputs, inputs, layout)
+        return self.output_class(
+            loss=self.compute_loss(logits, labels) if labels is not None else None,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class VisualBertForVisualQuestionAnswering(VisualBertTaskHead, hf.VisualBertForQuestionAnswering):
     """VQA head of the original (`training_head_type="vqa"`): a linear classifier on the hidden state of the text
     token at `attention_mask.sum(1) - 2`, i.e. the `[MASK]` of `[CLS] question ? [MASK] [SEP]` (text right-padded).
 
@@ -234,164 +274,73 @@ class VisualBertForVisualQuestionAnswering(VisualBertPreTrainedModel, hf.VisualB
     averaged over the batch, as the original trains. `logits` are always the raw scores.
     """
 
-    @can_return_tuple
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        inputs_embeds=None,
-        visual_embeds=None,
-        visual_attention_mask=None,
-        visual_token_type_ids=None,
-        image_text_alignment=None,
-        labels=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-    ) -> hf.SequenceClassifierOutput:
-        if attention_mask is None:
+    def prepare_inputs(self, inputs):
+        if inputs["attention_mask"] is None:
             raise ValueError(
                 "`attention_mask` (B, T) is required: the answer is read at text position attention_mask.sum(1) - 2."
             )
-        outputs = self._encode(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            inputs_embeds,
-            visual_embeds,
-            visual_attention_mask,
-            visual_token_type_ids,
-            image_text_alignment,
-            output_attentions,
-            output_hidden_states,
-        )
-        answer_position = (attention_mask.sum(1) - 2).long()
+        return inputs, None
+
+    def predict(self, outputs, inputs, layout):
+        answer_position = (inputs["attention_mask"].sum(1) - 2).long()
         batch = torch.arange(answer_position.shape[0], device=answer_position.device)
-        logits = self.cls(self.dropout(outputs.last_hidden_state[batch, answer_position]))
+        return self.cls(self.dropout(outputs.last_hidden_state[batch, answer_position]))
 
-        loss = None
-        if labels is not None:
-            if labels.shape != logits.shape:
-                raise ValueError(
-                    f"`labels` must be soft answer scores of shape {tuple(logits.shape)}, got {tuple(labels.shape)}."
-                )
-            loss = F.kl_div(F.log_softmax(logits.float(), dim=-1), labels.float(), reduction="batchmean")
-        return hf.SequenceClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
+    def compute_loss(self, logits, labels):
+        if labels.shape != logits.shape:
+            raise ValueError(
+                f"`labels` must be soft answer scores of shape {tuple(logits.shape)}, got {tuple(labels.shape)}."
+            )
+        return F.kl_div(F.log_softmax(logits.float(), dim=-1), labels.float(), reduction="batchmean")
 
 
-class VisualBertForVisualReasoning(VisualBertPreTrainedModel, hf.VisualBertForVisualReasoning):
+class VisualBertForVisualReasoning(VisualBertTaskHead, hf.VisualBertForVisualReasoning):
     """NLVR2 head (linear on the pooled output, 2 classes). The original concatenates both images' regions with
     token types 0 (first image) and 1 (second): pass them so, or as every hf_vlp NLVR2 head takes them, stacked on
     dim 1 (`visual_embeds` (B, 2, R, D), `visual_attention_mask` (B, 2, R)), and the types are set for you.
     `labels` (B,): 1 = the statement is true; cross-entropy."""
 
-    @can_return_tuple
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        inputs_embeds=None,
-        visual_embeds=None,
-        visual_attention_mask=None,
-        visual_token_type_ids=None,
-        image_text_alignment=None,
-        labels=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-    ) -> hf.SequenceClassifierOutput:
-        if visual_embeds is not None and visual_embeds.dim() == 4:
-            batch, images, regions = visual_embeds.shape[:3]
-            if visual_token_type_ids is None:
-                image_index = torch.arange(images, device=visual_embeds.device)
-                visual_token_type_ids = image_index.repeat_interleave(regions).expand(batch, -1)
-            else:
-                visual_token_type_ids = visual_token_type_ids.flatten(1, 2)
-            visual_embeds = visual_embeds.flatten(1, 2)
-            if visual_attention_mask is not None:
-                visual_attention_mask = visual_attention_mask.flatten(1, 2)
-        outputs = self._encode(
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            position_ids,
-            inputs_embeds,
-            visual_embeds,
-            visual_attention_mask,
-            visual_token_type_ids,
-            image_text_alignment,
-            output_attentions,
-            output_hidden_states,
-        )
-        logits = self.cls(self.dropout(outputs.pooler_output))
-        loss = masked_cross_entropy(logits, labels.view(-1)) if labels is not None else None
-        return hf.SequenceClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
+    def prepare_inputs(self, inputs):
+        visual_embeds = inputs["visual_embeds"]
+        if visual_embeds is None or visual_embeds.dim() != 4:
+            return inputs, None
+        batch, images, regions = visual_embeds.shape[:3]
+        inputs = {k: v.flatten(1, 2) if k.startswith("visual_") and v is not None else v for k, v in inputs.items()}
+        if inputs["visual_token_type_ids"] is None:
+            image_index = torch.arange(images, device=visual_embeds.device)
+            inputs["visual_token_type_ids"] = image_index.repeat_interleave(regions).expand(batch, -1)
+        return inputs, None
 
 
-class VisualBertForMultipleChoice(VisualBertPreTrainedModel, hf.VisualBertForMultipleChoice):
+class VisualBertForMultipleChoice(VisualBertTaskHead, hf.VisualBertForMultipleChoice):
     """VCR head (linear on the pooled output, one score per choice) with region token types 0 by default.
 
     Text inputs (B, C, T); region inputs (B, C, R, ...) per choice or (B, R, ...) shared by the choices. `labels`
     (B,): index of the right choice; cross-entropy. `logits`: (B, C)."""
 
-    @can_return_tuple
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        inputs_embeds=None,
-        visual_embeds=None,
-        visual_attention_mask=None,
-        visual_token_type_ids=None,
-        image_text_alignment=None,
-        labels=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-    ) -> hf.MultipleChoiceModelOutput:
-        reference = input_ids if input_ids is not None else inputs_embeds
-        if reference is None or reference.dim() != (3 if input_ids is not None else 4):
+    output_class = hf.MultipleChoiceModelOutput
+
+    def prepare_inputs(self, inputs):
+        reference = inputs["input_ids"] if inputs["input_ids"] is not None else inputs["inputs_embeds"]
+        if reference is None or reference.dim() != (3 if inputs["input_ids"] is not None else 4):
             shape = None if reference is None else tuple(reference.shape)
             raise ValueError(f"`input_ids` must be (batch, num_choices, seq_len) for multiple choice, got {shape}.")
         choices = reference.shape[1]
+        flat = {}
+        for name, value in inputs.items():
+            if not torch.is_tensor(value):
+                flat[name] = value
+                continue
+            if name.startswith("visual_") and value.dim() == (3 if name == "visual_embeds" else 2):
+                value = value[:, None].expand(-1, choices, *value.shape[1:])  # shared by the choices
+            flat[name] = value.flatten(0, 1)
+        return flat, choices
 
-        def per_choice(tensor, region_dims):
-            if tensor is None:
-                return None
-            if tensor.dim() == region_dims + 1:  # shared by the choices
-                tensor = tensor[:, None].expand(-1, choices, *tensor.shape[1:])
-            return tensor.flatten(0, 1)
+    def predict(self, outputs, inputs, layout):
+        return self.cls(self.dropout(outputs.pooler_output)).view(-1, layout)
 
-        flat = lambda tensor: None if tensor is None else tensor.flatten(0, 1)
-        outputs = self._encode(
-            flat(input_ids),
-            flat(attention_mask),
-            flat(token_type_ids),
-            flat(position_ids),
-            flat(inputs_embeds),
-            per_choice(visual_embeds, 2),
-            per_choice(visual_attention_mask, 1),
-            per_choice(visual_token_type_ids, 1),
-            flat(image_text_alignment),
-            output_attentions,
-            output_hidden_states,
-        )
-        logits = self.cls(self.dropout(outputs.pooler_output)).view(-1, choices)
-        loss = masked_cross_entropy(logits, labels) if labels is not None else None
-        return hf.MultipleChoiceModelOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
+    def compute_loss(self, logits, labels):
+        return masked_cross_entropy(logits, labels)
 
 
 __all__ = [
