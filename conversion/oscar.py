@@ -25,6 +25,8 @@ import logging
 from pathlib import Path
 
 import torch
+
+from hf_vlp.layers import BOX_FEATURE_SIZES
 from hf_vlp.modeling.oscar import (
     OscarConfig,
     OscarForConditionalGeneration,
@@ -33,8 +35,6 @@ from hf_vlp.modeling.oscar import (
     OscarForVisualQuestionAnswering,
     OscarForVisualReasoning,
 )
-
-from hf_vlp.layers import BOX_FEATURE_SIZES
 
 from .common import (
     ConversionError,
@@ -299,9 +299,9 @@ def build_processor(checkpoint, config=None, tokenizer=None):
     """An `OscarProcessor` for a converted checkpoint folder: its own `vocab.txt` (lower-cased WordPiece, as the
     original `BertTokenizer(do_lower_case=True)`) + the region-feature processor. Object tags are then given as
     class names (`region_labels`); None if the folder has no vocabulary."""
-    from hf_vlp.modeling.oscar import OscarProcessor
     from transformers import BertTokenizer
 
+    from hf_vlp.modeling.oscar import OscarProcessor
     from hf_vlp.processing.region import RegionFeatureProcessor
 
     folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent

@@ -13,7 +13,6 @@ as `visual_location_feats` (the image DB rounds w and h to fp16 separately from 
 packed sequence is `torch.gather(ours, 1, gather_index)`.
 """
 
-import json
 from pathlib import Path
 
 import torch

@@ -8,9 +8,6 @@ import pickle
 import pytest
 import torch
 from conftest import fixture_dir
-from hf_vlp.conversion import common
-from hf_vlp.conversion import vilt as vilt_conversion
-from hf_vlp.modeling.vilt import LORA_TARGET_MODULES, ViltForImageTextRetrieval, ViltForPreTraining
 from safetensors.torch import load_file
 from transformers import (
     AutoModelForPreTraining,
@@ -22,6 +19,9 @@ from transformers import (
 )
 
 import hf_vlp  # noqa: F401  (registers the Auto classes)
+from hf_vlp.conversion import common
+from hf_vlp.conversion import vilt as vilt_conversion
+from hf_vlp.modeling.vilt import LORA_TARGET_MODULES, ViltForImageTextRetrieval, ViltForPreTraining
 
 
 def tiny_config(**overrides):

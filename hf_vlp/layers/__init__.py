@@ -1,8 +1,8 @@
 """Building blocks written once and shared by every architecture (DESIGN.md, "Layout")."""
 
 from .attention import AttentionBlock, MultiHeadAttention, ResidualOutput, eager_attention_forward
-from .coattention import CoAttentionLayer, stream_attention
 from .boxes import BOX_FEATURE_SIZES, box_location_features, check_visual_inputs
+from .coattention import CoAttentionLayer, stream_attention
 from .embeddings import RegionEmbeddings, TextEmbeddings
 from .heads import MaskedLMHead, Pooler, PredictionHeadTransform, mlp_classifier
 from .masks import additive_attention_mask, joint_padding_mask

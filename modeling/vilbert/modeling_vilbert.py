@@ -48,7 +48,6 @@ from hf_vlp.pretraining.losses import (
 
 from .configuration_vilbert import VilbertConfig
 
-
 # LoRA preset: the query / value projections of the text layers, the visual layers and both directions of every
 # co-attention layer (`peft.LoraConfig(target_modules=LORA_TARGET_MODULES)`).
 LORA_TARGET_MODULES = (
