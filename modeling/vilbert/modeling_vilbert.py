@@ -172,19 +172,7 @@ class VilbertTextEmbeddings(TextEmbeddings):
         )
 
     def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None, task_ids=None):
-        if inputs_embeds is None:
-            inputs_embeds = self.word_embeddings(input_ids)
-        length = inputs_embeds.shape[1]
-        if length > self.position_embeddings.num_embeddings:
-            raise ValueError(
-                f"`input_ids` has {length} tokens, more than max_position_embeddings="
-                f"{self.position_embeddings.num_embeddings}."
-            )
-        if position_ids is None:
-            position_ids = torch.arange(length, device=inputs_embeds.device)[None]
-        if token_type_ids is None:
-            token_type_ids = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-        embeddings = inputs_embeds + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
+        embeddings = self.summed(input_ids, token_type_ids, position_ids, inputs_embeds)
         if self.task_embeddings is not None:
             task = self.task_embeddings(task_ids.view(-1, 1)).to(embeddings.dtype)
             embeddings = torch.cat([embeddings[:, :1], task, embeddings[:, 1:]], dim=1)
