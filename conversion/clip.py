@@ -25,8 +25,9 @@ import zipfile
 from pathlib import Path
 
 import torch
-from hf_vlp.modeling.clip import CLIPForPreTraining, CLIPResNetConfig, CLIPResNetModel
 from transformers import CLIPConfig
+
+from hf_vlp.modeling.clip import CLIPForPreTraining, CLIPResNetConfig, CLIPResNetModel
 
 from .common import ConversionError, KeyMap, Skipped, load_checkpoint, load_mapped_state
 

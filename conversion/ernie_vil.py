@@ -102,7 +102,7 @@ PARAM_TABLE = (
         ("mask_lm_trans_fc.b_0", "mlm_head.transform.dense.bias"),
         ("mask_lm_trans_layer_norm_scale", "mlm_head.transform.LayerNorm.weight"),
         ("mask_lm_trans_layer_norm_bias", "mlm_head.transform.LayerNorm.bias"),
-        ("mask_lm_out_fc.b_0", "mlm_head.bias"),
+        ("mask_lm_out_fc.b_0", "mlm_head.decoder.bias"),
     ]
 )
 

@@ -20,7 +20,6 @@ Input mapping (original -> transformers/hf_vlp): `feats` -> `visual_feats`, `box
 -> `labels` / `ans` (-100); `obj_labels` keeps its layout.
 """
 
-import json
 from pathlib import Path
 
 import torch

@@ -26,6 +26,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
+
+from hf_vlp.layers import BOX_FEATURE_SIZES
 from hf_vlp.modeling.oscar import (
     OscarConfig,
     OscarForConditionalGeneration,
@@ -34,9 +37,6 @@ from hf_vlp.modeling.oscar import (
     OscarForVisualQuestionAnswering,
     OscarForVisualReasoning,
 )
-
-from hf_vlp.layers import BOX_FEATURE_SIZES
-from transformers import DynamicCache
 
 from .common import (
     ConversionError,
@@ -60,7 +60,7 @@ KEY_MAP = KeyMap(
         (r"^bert\.img_embedding\.", "oscar.region_embeddings.projection."),
         (r"^bert\.LayerNorm\.", "oscar.region_embeddings.LayerNorm."),  # VinVL's image LayerNorm
         (r"^cls\.predictions\.decoder\.weight$", "mlm_head.decoder.weight"),
-        (r"^cls\.predictions\.bias$", "mlm_head.bias"),
+        (r"^cls\.predictions\.bias$", "mlm_head.decoder.bias"),
         (r"^cls\.predictions\.transform\.", "mlm_head.transform."),
         (r"^cls\.seq_relationship\.", "contrastive_head."),
         (r"^classifier\.", "classifier."),
@@ -301,9 +301,9 @@ def build_processor(checkpoint, config=None, tokenizer=None):
     """An `OscarProcessor` for a converted checkpoint folder: its own `vocab.txt` (lower-cased WordPiece, as the
     original `BertTokenizer(do_lower_case=True)`) + the region-feature processor. Object tags are then given as
     class names (`region_labels`); None if the folder has no vocabulary."""
-    from hf_vlp.modeling.oscar import OscarProcessor
     from transformers import BertTokenizer
 
+    from hf_vlp.modeling.oscar import OscarProcessor
     from hf_vlp.processing.region import RegionFeatureProcessor
 
     folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent

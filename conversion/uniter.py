@@ -13,7 +13,6 @@ as `visual_location_feats` (the image DB rounds w and h to fp16 separately from 
 packed sequence is `torch.gather(ours, 1, gather_index)`.
 """
 
-import json
 from pathlib import Path
 
 import torch
@@ -35,6 +34,7 @@ KEY_MAP = KeyMap(
     renames=[
         (r"^uniter\.img_embeddings\.mask_embedding\.weight$", "uniter.img_embeddings.mask_embedding"),
         (r"^uniter\.", "uniter."),
+        (r"^cls\.predictions\.bias$", "mlm_head.decoder.bias"),  # hf_vlp's MLM bias is the decoder's own
         (r"^cls\.predictions\.", "mlm_head."),
         (r"^feat_regress\.net\.", "region_feature_head.transform."),
         (r"^feat_regress\.bias$", "region_feature_head.bias"),

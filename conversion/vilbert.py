@@ -68,6 +68,7 @@ KEY_MAP = KeyMap(
         (_C + r"t_output\.", _OURS_C + "text_output."),
         # embeddings, single-stream layers and poolers keep BERT / ViLBERT names
         (r"^bert\.", "vilbert."),
+        (r"^cls\.predictions\.bias$", "mlm_head.decoder.bias"),  # hf_vlp's MLM bias is the decoder's own
         (r"^cls\.predictions\.", "mlm_head."),
         (r"^cls\.imagePredictions\.", "region_head."),
         (r"^cls\.bi_seq_relationship\.", "itm_head."),

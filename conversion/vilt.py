@@ -35,8 +35,9 @@ import re
 from pathlib import Path
 
 import torch
-from hf_vlp.modeling.vilt import ViltForImageTextRetrieval, ViltForPreTraining, word_patch_alignment
 from transformers import ViltConfig, ViltForImagesAndTextClassification, ViltForQuestionAnswering, ViltModel
+
+from hf_vlp.modeling.vilt import ViltForImageTextRetrieval, ViltForPreTraining, word_patch_alignment
 
 from .common import ConversionError, KeyMap, Skipped, load_mapped_state, read_json
 

@@ -19,7 +19,6 @@ Input mapping (original batch -> transformers/hf_vlp): `bert_input_ids` -> `inpu
 `sentence_image_labels`, `label` (soft VQA scores) -> `labels`.
 """
 
-import json
 import logging
 from pathlib import Path
 

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hf_vlp.modeling.vit import ViTForImageClassificationWithRepresentation, ViTRepresentationConfig
 from transformers import ViTConfig, ViTForImageClassification, ViTModel
+
+from hf_vlp.modeling.vit import ViTForImageClassificationWithRepresentation, ViTRepresentationConfig
 
 from .common import ConversionError, KeyMap, Skipped, load_mapped_state
 

@@ -8,6 +8,11 @@ import json
 import pytest
 import torch
 from conftest import fixture_dir
+from safetensors import safe_open
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, AutoProcessor, CLIPConfig, CLIPModel
+
+import hf_vlp  # noqa: F401  (registers the Auto classes)
 from hf_vlp.conversion import clip as clip_conversion
 from hf_vlp.conversion import common
 from hf_vlp.modeling.clip import (
@@ -20,11 +25,6 @@ from hf_vlp.modeling.clip import (
     build_clip_processor,
 )
 from hf_vlp.modeling.clip.processing_clip import default_bpe_path
-from safetensors import safe_open
-from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, AutoProcessor, CLIPConfig, CLIPModel
-
-import hf_vlp  # noqa: F401  (registers the Auto classes)
 
 
 def text_config(**overrides):

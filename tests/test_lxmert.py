@@ -250,7 +250,7 @@ def test_each_pretraining_objective_loss_falls(objective):
     model = LxmertForPreTraining(config).train()
     inputs = tiny_inputs(config=config)
     output, losses = _train(model, inputs, _pretraining_labels(objective, inputs, config))
-    name = {"mlm": "mlm_loss", "matched": "matched_loss", "qa": "qa_loss"}.get(objective, f"{objective}_loss")
+    name = {"mlm": "mlm_loss", "matched": "itm_loss", "qa": "qa_loss"}.get(objective, f"{objective}_loss")
     assert getattr(output, name) is not None
     assert losses[-1] < 0.7 * losses[0], losses
 
@@ -545,4 +545,4 @@ def test_pretraining_runs_through_vlp_trainer(tmp_path, bert_tokenizer):
     )
     trainer.train()
     first = next(entry for entry in logged if "loss" in entry)
-    assert {"mlm_loss", "matched_loss", "obj_loss", "attr_loss", "feat_loss"} <= set(first)
+    assert {"mlm_loss", "itm_loss", "obj_loss", "attr_loss", "feat_loss"} <= set(first)

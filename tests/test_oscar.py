@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import fixture_dir
+from safetensors.torch import load_file
+
+import hf_vlp  # noqa: F401  (registers the Auto classes)
 from hf_vlp.conversion import common
 from hf_vlp.conversion import oscar as oscar_conversion
 from hf_vlp.modeling.oscar import (
@@ -21,9 +24,6 @@ from hf_vlp.modeling.oscar import (
     OscarProcessor,
 )
 from hf_vlp.modeling.oscar.modeling_oscar import caption_attention_mask, caption_loss
-from safetensors.torch import load_file
-
-import hf_vlp  # noqa: F401  (registers the Auto classes)
 from hf_vlp.processing.region import RegionFeatureProcessor
 
 

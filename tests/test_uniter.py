@@ -1,6 +1,5 @@
 """UNITER: parity with the original code, heads, objectives, training plumbing and input checks."""
 
-import copy
 
 import numpy as np
 import pytest

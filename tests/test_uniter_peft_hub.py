@@ -1,7 +1,6 @@
 """UNITER with PEFT LoRA, and the Hub layout: save/push/pull, offline cache, remote code without hf_vlp."""
 
 import os
-import shutil
 import subprocess
 import sys
 

@@ -8,9 +8,6 @@ import pickle
 import pytest
 import torch
 from conftest import fixture_dir
-from hf_vlp.conversion import common
-from hf_vlp.conversion import vilt as vilt_conversion
-from hf_vlp.modeling.vilt import LORA_TARGET_MODULES, ViltForImageTextRetrieval, ViltForPreTraining
 from safetensors.torch import load_file
 from transformers import (
     AutoModelForPreTraining,
@@ -22,6 +19,9 @@ from transformers import (
 )
 
 import hf_vlp  # noqa: F401  (registers the Auto classes)
+from hf_vlp.conversion import common
+from hf_vlp.conversion import vilt as vilt_conversion
+from hf_vlp.modeling.vilt import LORA_TARGET_MODULES, ViltForImageTextRetrieval, ViltForPreTraining
 
 
 def tiny_config(**overrides):
@@ -201,7 +201,7 @@ def test_each_pretraining_objective_loss_falls(objective):
     losses, output = _train(ViltForPreTraining(tiny_config()), inputs, steps=20)
     assert losses[-1] < 0.5 * losses[0], losses
     if objective == "itm":
-        assert output.itm_loss is not None and output.wpa_loss is not None and output.wpa_distances.shape == (4,)
+        assert output.itm_loss is not None and output.wpa_loss is not None and output.ot_distances.shape == (4,)
         assert output.mlm_loss is None
     else:
         assert output.mlm_logits.shape == (8, 40) and output.itm_loss is None
@@ -213,8 +213,8 @@ def test_word_patch_alignment_loss_is_signed_mean_of_distances():
     itm_labels = torch.tensor([1, 0, 0, 1])
     output = model(**tiny_inputs(), itm_labels=itm_labels)
     signs = itm_labels.float() * 2 - 1
-    torch.testing.assert_close(output.wpa_loss, 0.1 * (signs * output.wpa_distances).sum() / 4)
-    assert (output.wpa_distances > 0).all()
+    torch.testing.assert_close(output.wpa_loss, 0.1 * (signs * output.ot_distances).sum() / 4)
+    assert (output.ot_distances > 0).all()
     without = ViltForPreTraining(tiny_config(wpa_weight=0.0)).eval()(**tiny_inputs(), itm_labels=itm_labels)
     assert without.wpa_loss is None
 

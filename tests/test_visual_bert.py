@@ -286,7 +286,7 @@ def test_each_pretraining_objective_loss_falls(objective):
     else:
         labels = {"sentence_image_labels": torch.tensor([1, 0])}
     output, losses = _train(model, inputs, labels)
-    name = {"mlm": "masked_lm_loss", "matching": "sentence_image_loss"}[objective]
+    name = {"mlm": "mlm_loss", "matching": "itm_loss"}[objective]
     assert getattr(output, name) is not None
     assert losses[-1] < 0.7 * losses[0], losses
 
@@ -465,7 +465,7 @@ def test_collator_makes_pretraining_batches_that_train(bert_tokenizer):
     assert masked_rows.all(), "the original masks words of matched and mismatched pairs alike"
     model = VisualBertForPreTraining(tiny_config(vocab_size=len(bert_tokenizer))).train()
     output, losses = _train(model, batch, {}, steps=8, lr=5e-3)
-    assert output.masked_lm_loss is not None and output.sentence_image_loss is not None
+    assert output.mlm_loss is not None and output.itm_loss is not None
     assert losses[-1] < losses[0], losses
     with pytest.raises(ValueError, match="unsupported objectives"):
         VisualBertPretrainingCollator(_processor(bert_tokenizer), objectives=("mlm", "mrfr"))
@@ -539,7 +539,7 @@ def test_pretraining_runs_through_vlp_trainer(tmp_path, bert_tokenizer):
     )
     trainer.train()
     first = next(entry for entry in logged if "loss" in entry)
-    assert {"masked_lm_loss", "sentence_image_loss"} <= set(first)
+    assert {"mlm_loss", "itm_loss"} <= set(first)
 
 
 def test_nlvr2_and_vcr_heads_train():

@@ -5,14 +5,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import fixture_dir
-from hf_vlp.conversion import common
-from hf_vlp.conversion import vit as vit_conversion
-from hf_vlp.modeling.vit import (
-    LORA_MODULES_TO_SAVE,
-    LORA_TARGET_MODULES,
-    ViTForImageClassificationWithRepresentation,
-    ViTRepresentationConfig,
-)
 from safetensors.torch import load_file
 from transformers import (
     AutoModelForImageClassification,
@@ -23,6 +15,14 @@ from transformers import (
 )
 
 import hf_vlp  # noqa: F401  (registers the Auto classes)
+from hf_vlp.conversion import common
+from hf_vlp.conversion import vit as vit_conversion
+from hf_vlp.modeling.vit import (
+    LORA_MODULES_TO_SAVE,
+    LORA_TARGET_MODULES,
+    ViTForImageClassificationWithRepresentation,
+    ViTRepresentationConfig,
+)
 
 
 def tiny_sizes(**overrides):

@@ -1,19 +1,17 @@
 """Building blocks written once and shared by every architecture (DESIGN.md, "Layout")."""
 
 from .attention import AttentionBlock, MultiHeadAttention, ResidualOutput, eager_attention_forward
-from .coattention import CoAttentionLayer, StreamAttention, StreamLayer, StreamSpec
 from .boxes import BOX_FEATURE_SIZES, box_location_features, check_visual_inputs
+from .coattention import CoAttentionLayer, stream_attention
 from .embeddings import RegionEmbeddings, TextEmbeddings
 from .heads import MaskedLMHead, Pooler, PredictionHeadTransform, mlp_classifier
 from .masks import additive_attention_mask, joint_padding_mask
-from .transformer import FeedForward, Intermediate, TransformerEncoder, TransformerLayer
+from .transformer import FeedForward, Intermediate, StreamSpec, TransformerEncoder, TransformerLayer
 
 __all__ = [
     "AttentionBlock",
     "BOX_FEATURE_SIZES",
     "CoAttentionLayer",
-    "StreamAttention",
-    "StreamLayer",
     "StreamSpec",
     "FeedForward",
     "Intermediate",
@@ -32,4 +30,5 @@ __all__ = [
     "check_visual_inputs",
     "eager_attention_forward",
     "mlp_classifier",
+    "stream_attention",
 ]

@@ -85,16 +85,32 @@ class ResidualOutput(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Attention followed by its residual output: BERT's `BertAttention` (`self` + `output`)."""
+    """Attention followed by its residual output: BERT's `BertAttention` (`self` + `output`).
 
-    def __init__(self, config, hidden_size=None, num_heads=None, context_size=None, attention_size=None):
+    Sizes default to the config's. A two-stream model passes each stream's own width, heads, dropouts and LayerNorm
+    eps; a co-attention passes `context_size` (the width of the stream the keys/values come from) and
+    `attention_size` / `num_heads` (the width and heads of the attention itself), and then calls `forward` with
+    `context=` the other stream.
+    """
+
+    def __init__(
+        self,
+        config,
+        hidden_size=None,
+        num_heads=None,
+        context_size=None,
+        attention_size=None,
+        attention_dropout=None,
+        hidden_dropout=None,
+        layer_norm_eps=None,
+    ):
         super().__init__()
         hidden_size = hidden_size or config.hidden_size
         attention_size = attention_size or hidden_size
-        self.self = MultiHeadAttention(config, hidden_size, num_heads, context_size, attention_size)
-        self.output = ResidualOutput(
-            attention_size, hidden_size, config.hidden_dropout_prob, getattr(config, "layer_norm_eps", 1e-12)
-        )
+        hidden_dropout = config.hidden_dropout_prob if hidden_dropout is None else hidden_dropout
+        layer_norm_eps = getattr(config, "layer_norm_eps", 1e-12) if layer_norm_eps is None else layer_norm_eps
+        self.self = MultiHeadAttention(config, hidden_size, num_heads, context_size, attention_size, attention_dropout)
+        self.output = ResidualOutput(attention_size, hidden_size, hidden_dropout, layer_norm_eps)
 
     def forward(self, hidden_states, attention_mask=None, context=None, **kwargs):
         attended, weights = self.self(hidden_states, attention_mask, context=context, **kwargs)

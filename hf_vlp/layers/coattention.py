@@ -1,78 +1,36 @@
-"""Two-stream building blocks: per-stream transformer layers and the co-attention layer that joins the streams.
+"""The co-attention layer that joins the two streams of two-stream models.
 
 Two-stream models (ViLBERT, ERNIE-ViL; LXMERT/METER-style cross layers) keep a text stream and a visual stream with
 their own widths, head counts and feed-forward sizes, and exchange information in co-attention layers: the queries
-of each stream attend over the keys/values of the other stream (ViLBERT, Lu et al. 2019, Fig. 2b). Everything runs
-through `MultiHeadAttention`, hence through transformers' attention interface (eager, SDPA, flex, flash), with
-additive key masks built once at model level.
+of each stream attend over the keys/values of the other stream (ViLBERT, Lu et al. 2019, Fig. 2b). Each stream's own
+layers are the single-stream `TransformerLayer` sized by a `StreamSpec`; the co-attention layer is built from the same
+`AttentionBlock` and feed-forward pieces, so everything runs through `MultiHeadAttention`, hence through
+transformers' attention interface (eager, SDPA, flex, flash), with additive key masks built once at model level.
 
 Parameter names follow BERT inside each block (`attention.self.query`, `attention.output.dense`, `intermediate.dense`,
 `output.LayerNorm`), so converters map original checkpoints with a key table.
 """
 
-from dataclasses import dataclass
-
-from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .attention import MultiHeadAttention, ResidualOutput
-from .transformer import Intermediate
+from .attention import AttentionBlock, ResidualOutput
+from .transformer import Intermediate, StreamSpec
 
 
-@dataclass
-class StreamSpec:
-    """Sizes of one stream: its width, self-attention heads, feed-forward width, activation and dropouts."""
-
-    hidden_size: int
-    num_attention_heads: int
-    intermediate_size: int
-    hidden_act: str = "gelu"
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-
-
-class StreamAttention(nn.Module):
-    """Attention + residual output for the queries of one stream (BERT's `attention.self` / `attention.output`).
-
-    Self-attention by default; with `context_size`, keys/values come from another stream of that width (the
-    `context=` argument of `forward`). `attention_size` / `num_heads` set the width and heads of the attention
-    itself (a co-attention width that differs from both streams, as in ViLBERT's `bi_hidden_size`).
-    """
-
-    def __init__(self, config, stream: StreamSpec, context_size=None, attention_size=None, num_heads=None, layer_norm_eps=1e-12):
-        super().__init__()
-        attention_size = attention_size or stream.hidden_size
-        self.self = MultiHeadAttention(
-            config,
-            hidden_size=stream.hidden_size,
-            num_heads=num_heads or stream.num_attention_heads,
-            context_size=context_size,
-            attention_size=attention_size,
-            dropout=stream.attention_probs_dropout_prob,
-        )
-        self.output = ResidualOutput(attention_size, stream.hidden_size, stream.hidden_dropout_prob, layer_norm_eps)
-
-    def forward(self, hidden_states, attention_mask=None, context=None, **kwargs):
-        attended, weights = self.self(hidden_states, attention_mask, context=context, **kwargs)
-        return self.output(attended, hidden_states), weights
-
-
-class StreamLayer(GradientCheckpointingLayer):
-    """A post-LayerNorm BERT layer (self-attention + feed-forward) sized by a `StreamSpec`, e.g. ViLBERT's visual
-    `v_layer` whose width, heads and FFN differ from the text stream's. Keys: `attention.*`, `intermediate.*`,
-    `output.*`, as `TransformerLayer`."""
-
-    def __init__(self, config, stream: StreamSpec, layer_norm_eps=1e-12):
-        super().__init__()
-        self.attention = StreamAttention(config, stream, layer_norm_eps=layer_norm_eps)
-        self.intermediate = Intermediate(stream.hidden_size, stream.intermediate_size, stream.hidden_act)
-        self.output = ResidualOutput(
-            stream.intermediate_size, stream.hidden_size, stream.hidden_dropout_prob, layer_norm_eps
-        )
-
-    def forward(self, hidden_states, attention_mask=None, **kwargs):
-        attended, weights = self.attention(hidden_states, attention_mask, **kwargs)
-        return self.output(self.intermediate(attended), attended), weights
+def stream_attention(config, stream: StreamSpec, context_size=None, attention_size=None, num_heads=None, layer_norm_eps=1e-12):
+    """An `AttentionBlock` whose queries come from `stream` (its width, heads and dropouts); with `context_size`, the
+    keys/values come from another stream of that width, through an attention `attention_size` wide with `num_heads`
+    heads (ViLBERT's `bi_hidden_size` / `bi_num_attention_heads`)."""
+    return AttentionBlock(
+        config,
+        hidden_size=stream.hidden_size,
+        num_heads=num_heads or stream.num_attention_heads,
+        context_size=context_size,
+        attention_size=attention_size,
+        attention_dropout=stream.attention_probs_dropout_prob,
+        hidden_dropout=stream.hidden_dropout_prob,
+        layer_norm_eps=layer_norm_eps,
+    )
 
 
 class CoAttentionLayer(GradientCheckpointingLayer):
@@ -103,18 +61,20 @@ class CoAttentionLayer(GradientCheckpointingLayer):
         self_attention: bool = False,
     ):
         super().__init__()
-        self.text_attention = StreamAttention(
+        self.text_attention = stream_attention(
             config, text, visual.hidden_size, co_attention_size, co_num_heads, layer_norm_eps
         )
-        self.visual_attention = StreamAttention(
+        self.visual_attention = stream_attention(
             config, visual, text.hidden_size, co_attention_size, co_num_heads, layer_norm_eps
         )
         if self_attention:
-            self.text_self_attention = StreamAttention(config, text, layer_norm_eps=layer_norm_eps)
-            self.visual_self_attention = StreamAttention(config, visual, layer_norm_eps=layer_norm_eps)
+            self.text_self_attention = stream_attention(config, text, layer_norm_eps=layer_norm_eps)
+            self.visual_self_attention = stream_attention(config, visual, layer_norm_eps=layer_norm_eps)
         self.has_self_attention = self_attention
         self.text_intermediate = Intermediate(text.hidden_size, text.intermediate_size, text.hidden_act)
-        self.text_output = ResidualOutput(text.intermediate_size, text.hidden_size, text.hidden_dropout_prob, layer_norm_eps)
+        self.text_output = ResidualOutput(
+            text.intermediate_size, text.hidden_size, text.hidden_dropout_prob, layer_norm_eps
+        )
         self.visual_intermediate = Intermediate(visual.hidden_size, visual.intermediate_size, visual.hidden_act)
         self.visual_output = ResidualOutput(
             visual.intermediate_size, visual.hidden_size, visual.hidden_dropout_prob, layer_norm_eps
@@ -136,4 +96,4 @@ class CoAttentionLayer(GradientCheckpointingLayer):
         return text_out, visual_out, (text_weights, visual_weights)
 
 
-__all__ = ["CoAttentionLayer", "StreamAttention", "StreamLayer", "StreamSpec"]
+__all__ = ["CoAttentionLayer", "StreamSpec", "stream_attention"]

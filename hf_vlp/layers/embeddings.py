@@ -18,6 +18,10 @@ class TextEmbeddings(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None):
+        return self.dropout(self.LayerNorm(self.summed(input_ids, token_type_ids, position_ids, inputs_embeds)))
+
+    def summed(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None):
+        """word + position + token type embeddings, before the LayerNorm (where ViLBERT inserts its task token)."""
         if inputs_embeds is None:
             inputs_embeds = self.word_embeddings(input_ids)
         length = inputs_embeds.shape[1]
@@ -30,8 +34,7 @@ class TextEmbeddings(nn.Module):
             position_ids = torch.arange(length, device=inputs_embeds.device)[None]
         if token_type_ids is None:
             token_type_ids = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-        embeddings = inputs_embeds + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
-        return self.dropout(self.LayerNorm(embeddings))
+        return inputs_embeds + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
 
 
 class RegionEmbeddings(nn.Module):

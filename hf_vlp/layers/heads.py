@@ -31,17 +31,27 @@ class PredictionHeadTransform(nn.Module):
 
 
 class MaskedLMHead(nn.Module):
-    """BERT's MLM head. `decoder.weight` is tied to the word embeddings by the model's `_tied_weights_keys`;
-    its bias is the separate `bias` parameter, as in BERT checkpoints."""
+    """BERT's MLM head: transform, then the vocabulary decoder (keys `transform.*`, `decoder.weight`, `decoder.bias`).
+
+    `decoder.weight` is tied to the word embeddings by the model's `_tied_weights_keys`. The output bias is the
+    decoder's own bias (as in transformers' ViLT head), so `resize_token_embeddings`, which rebuilds
+    `get_output_embeddings()` (the decoder), resizes weight and bias together and the result saves and reloads;
+    `bias` names the same parameter (BERT checkpoints call it `cls.predictions.bias`; converters map it to
+    `decoder.bias`).
+    """
 
     def __init__(self, hidden_size, vocab_size, hidden_act="gelu", layer_norm_eps=1e-12):
         super().__init__()
         self.transform = PredictionHeadTransform(hidden_size, hidden_act, layer_norm_eps)
         self.decoder = nn.Linear(hidden_size, vocab_size, bias=False)
-        self.bias = nn.Parameter(torch.zeros(vocab_size))
+        self.decoder.bias = nn.Parameter(torch.zeros(vocab_size))  # zeros, as BERT starts its output bias
+
+    @property
+    def bias(self):
+        return self.decoder.bias
 
     def forward(self, hidden_states):
-        return self.decoder(self.transform(hidden_states)) + self.bias
+        return self.decoder(self.transform(hidden_states))
 
 
 def mlp_classifier(input_size, hidden_size, output_size, layer_norm_eps=1e-12, activation="gelu"):

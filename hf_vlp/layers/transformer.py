@@ -1,11 +1,40 @@
-"""The BERT-style post-LayerNorm transformer layer and encoder shared by single-stream VLP models."""
+"""The BERT-style post-LayerNorm transformer layer and encoder, shared by single-stream VLP models and by each stream of
+the two-stream ones (`hf_vlp.layers.coattention`)."""
 
-import torch
+from dataclasses import dataclass
+
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .attention import AttentionBlock, ResidualOutput
+
+
+@dataclass
+class StreamSpec:
+    """Sizes of one stream: its width, self-attention heads, feed-forward width, activation and dropouts.
+
+    Single-stream models take them from the BERT names of their config (`StreamSpec.from_config`); two-stream models
+    (ViLBERT's visual stream, `v_*` fields) describe each stream with its own.
+    """
+
+    hidden_size: int
+    num_attention_heads: int
+    intermediate_size: int
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(
+            config.hidden_size,
+            config.num_attention_heads,
+            config.intermediate_size,
+            config.hidden_act,
+            config.hidden_dropout_prob,
+            config.attention_probs_dropout_prob,
+        )
 
 
 class Intermediate(nn.Module):
@@ -35,18 +64,26 @@ class FeedForward(nn.Module):
 
 
 class TransformerLayer(GradientCheckpointingLayer):
-    """Self-attention + feed-forward, post-LayerNorm (BERT). Keys: `attention.*`, `intermediate.*`, `output.*`."""
+    """Self-attention + feed-forward, post-LayerNorm (BERT). Keys: `attention.*`, `intermediate.*`, `output.*`.
 
-    def __init__(self, config):
+    Sized by the config's BERT fields, or by `stream` for a stream whose width, heads and feed-forward differ from
+    them (ViLBERT's visual layers `v_layer`); `layer_norm_eps` defaults to `config.layer_norm_eps`.
+    """
+
+    def __init__(self, config, stream: StreamSpec | None = None, layer_norm_eps=None):
         super().__init__()
-        self.attention = AttentionBlock(config)
-        self.intermediate = Intermediate(config.hidden_size, config.intermediate_size, config.hidden_act)
-        self.output = ResidualOutput(
-            config.intermediate_size,
-            config.hidden_size,
-            config.hidden_dropout_prob,
-            getattr(config, "layer_norm_eps", 1e-12),
+        stream = stream or StreamSpec.from_config(config)
+        eps = getattr(config, "layer_norm_eps", 1e-12) if layer_norm_eps is None else layer_norm_eps
+        self.attention = AttentionBlock(
+            config,
+            hidden_size=stream.hidden_size,
+            num_heads=stream.num_attention_heads,
+            attention_dropout=stream.attention_probs_dropout_prob,
+            hidden_dropout=stream.hidden_dropout_prob,
+            layer_norm_eps=eps,
         )
+        self.intermediate = Intermediate(stream.hidden_size, stream.intermediate_size, stream.hidden_act)
+        self.output = ResidualOutput(stream.intermediate_size, stream.hidden_size, stream.hidden_dropout_prob, eps)
 
     def forward(self, hidden_states, attention_mask=None, **kwargs):
         attended, weights = self.attention(hidden_states, attention_mask, **kwargs)

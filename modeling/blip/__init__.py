@@ -1,6 +1,10 @@
 """BLIP (Li et al., ICML 2022): transformers' Blip classes with the original pretraining objectives, retrieval
 re-ranking, VQA answer ranking and fixes of transformers' deviations (docs/blip.md)."""
 
+from transformers import BlipConfig
+
+from hf_vlp.registry import register_architecture
+
 from .configuration_blip import PRETRAINING_DEFAULTS, blip_config, pretraining_setting
 from .modeling_blip import (
     LORA_TARGET_MODULES,
@@ -17,10 +21,6 @@ from .modeling_blip import (
     with_first_token,
 )
 from .processing_blip import build_blip_processor, pre_caption, pre_question
-
-from transformers import BlipConfig
-
-from hf_vlp.registry import register_architecture
 
 # transformers already maps BlipConfig to its own classes; the hf_vlp subclasses (same weights, fixed mask, original
 # losses) take precedence once hf_vlp is imported.

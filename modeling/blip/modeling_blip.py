@@ -39,7 +39,7 @@ from transformers.models.blip.modeling_blip_text import (
     BlipTextModel,
     BlipTextSelfAttention,
 )
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from hf_vlp.pretraining.contrastive import contrastive_loss, gather_without_grad
 from hf_vlp.pretraining.losses import zero_loss
@@ -137,6 +137,7 @@ class BlipForPreTrainingOutput(ModelOutput):
     lm_logits: (B, T, V) decoder logits.
     image_embeds: (B, 1 + patches, Dv) ViT output; text_embeds: (B, T, Dt) unimodal text encoder output.
     image_feat / text_feat: (B, E) normalised ITC features.
+    vision_* / text_*: on request, every layer's states and attentions of the ViT and the unimodal text encoder.
     """
 
     loss: torch.FloatTensor | None = None
@@ -151,6 +152,10 @@ class BlipForPreTrainingOutput(ModelOutput):
     text_embeds: torch.FloatTensor | None = None
     image_feat: torch.FloatTensor | None = None
     text_feat: torch.FloatTensor | None = None
+    vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    vision_attentions: tuple[torch.FloatTensor, ...] | None = None
+    text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    text_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -184,6 +189,7 @@ class BlipQuestionAnsweringOutput(ModelOutput):
     loss: sum over answers of weight x answer loss, divided by the number of questions (`BLIP_VQA.forward`).
     logits: (A, L, V) answer decoder logits. answer_losses: (A,) per-answer loss (label-smoothed token losses summed).
     image_embeds: (B, 1 + patches, Dv). question_embeds: (B, T, Dt) the question encoder's output.
+    vision_* / text_*: on request, every layer's states and attentions of the ViT and the question encoder.
     """
 
     loss: torch.FloatTensor | None = None
@@ -191,6 +197,10 @@ class BlipQuestionAnsweringOutput(ModelOutput):
     answer_losses: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
     question_embeds: torch.FloatTensor | None = None
+    vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    vision_attentions: tuple[torch.FloatTensor, ...] | None = None
+    text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    text_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -291,15 +301,20 @@ class BlipContrastiveMixin:
 
     def _itc_features(self, pixel_values, input_ids, attention_mask, interpolate_pos_encoding=False):
         """ViT output, unimodal text encoder output ([CLS] first) and their normalised projections."""
-        image_embeds = self.vision_model(
-            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
-        ).last_hidden_state
-        text_embeds = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self._itc_encode(pixel_values, input_ids, attention_mask, interpolate_pos_encoding)[:4]
+
+    def _itc_encode(self, pixel_values, input_ids, attention_mask, interpolate_pos_encoding=False, **layer_outputs):
+        """`_itc_features` plus both encoders' full outputs (their layers' states / attentions on request)."""
+        vision_outputs = self.vision_model(
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **layer_outputs
+        )
+        text_outputs = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask, **layer_outputs)
+        image_embeds, text_embeds = vision_outputs.last_hidden_state, text_outputs.last_hidden_state
         # the original projects the CLS token of the final LayerNorm's output (not transformers' pooler_output,
         # which applies post_layernorm a second time)
         image_feat = F.normalize(self.vision_proj(image_embeds[:, 0]), dim=-1)
         text_feat = F.normalize(self.text_proj(text_embeds[:, 0]), dim=-1)
-        return image_embeds, text_embeds, image_feat, text_feat
+        return image_embeds, text_embeds, image_feat, text_feat, (vision_outputs, text_outputs)
 
     def _itc_loss(self, image_feat, text_feat, pixel_values, input_ids, attention_mask, alpha, sample_ids, update,
                   interpolate_pos_encoding=False):
@@ -445,6 +460,7 @@ class BlipForPreTraining(BlipInputGradientsMixin, BlipContrastiveMixin, BlipPreT
     def set_input_embeddings(self, value):
         self.text_encoder.set_input_embeddings(value)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor,
@@ -454,7 +470,9 @@ class BlipForPreTraining(BlipInputGradientsMixin, BlipContrastiveMixin, BlipPreT
         update_momentum: bool | None = None,
         interpolate_pos_encoding: bool = False,
         return_loss: bool = True,
-        **kwargs,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
     ) -> BlipForPreTrainingOutput:
         r"""
         pixel_values: (B, 3, H, W) images; input_ids / attention_mask: (B, T) captions as the tokenizer returns them
@@ -476,8 +494,13 @@ class BlipForPreTraining(BlipInputGradientsMixin, BlipContrastiveMixin, BlipPreT
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
 
-        image_embeds, text_embeds, image_feat, text_feat = self._itc_features(
-            pixel_values, input_ids, attention_mask, interpolate_pos_encoding
+        image_embeds, text_embeds, image_feat, text_feat, (vision_outputs, text_outputs) = self._itc_encode(
+            pixel_values,
+            input_ids,
+            attention_mask,
+            interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         itc_loss, sim_i2t, sim_t2i, hard_i2t, hard_t2i, positives = self._itc_loss(
             image_feat, text_feat, pixel_values, input_ids, attention_mask, alpha, None, update, interpolate_pos_encoding
@@ -515,6 +538,10 @@ class BlipForPreTraining(BlipInputGradientsMixin, BlipContrastiveMixin, BlipPreT
             text_embeds=text_embeds,
             image_feat=image_feat,
             text_feat=text_feat,
+            vision_hidden_states=vision_outputs.hidden_states,
+            vision_attentions=vision_outputs.attentions,
+            text_hidden_states=text_outputs.hidden_states,
+            text_attentions=text_outputs.attentions,
         )
 
 
@@ -534,9 +561,31 @@ class BlipForConditionalGeneration(BlipInputGradientsMixin, hf_blip.BlipForCondi
         super().__init__(config)
         mask_cross_attention_padding(self)
 
-    def forward(self, pixel_values, input_ids=None, attention_mask=None, labels=None, **kwargs):
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values,
+        input_ids=None,
+        attention_mask=None,
+        labels=None,
+        interpolate_pos_encoding=False,
+        logits_to_keep=0,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ) -> hf_blip.BlipForConditionalGenerationModelOutput:
         input_ids = with_first_token(input_ids, self.config.text_config.bos_token_id)
-        return super().forward(pixel_values, input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+        return super().forward(
+            pixel_values,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            labels=labels,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            logits_to_keep=logits_to_keep,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
 
 
 class BlipForQuestionAnswering(BlipInputGradientsMixin, hf_blip.BlipForQuestionAnswering):
@@ -549,6 +598,7 @@ class BlipForQuestionAnswering(BlipInputGradientsMixin, hf_blip.BlipForQuestionA
     `answer_weights`) and returns the answer logits.
     """
 
+    main_input_name = "input_ids"  # the question; `forward` takes it first, as transformers' class does
     accepts_loss_kwargs = False
 
     def __init__(self, config):
@@ -561,17 +611,20 @@ class BlipForQuestionAnswering(BlipInputGradientsMixin, hf_blip.BlipForQuestionA
             self.post_init()
         mask_cross_attention_padding(self)
 
-    def _question_states(self, input_ids, pixel_values, attention_mask, interpolate_pos_encoding):
-        image_embeds = self.vision_model(
-            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
-        ).last_hidden_state
-        question_embeds = self.text_encoder(
+    def _question_states(self, input_ids, pixel_values, attention_mask, interpolate_pos_encoding, **layer_outputs):
+        """Image states, question states grounded in them, and (on request) both encoders' full outputs."""
+        vision_outputs = self.vision_model(
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **layer_outputs
+        )
+        question_outputs = self.text_encoder(
             input_ids=with_first_token(input_ids, _enc_token_id(self.config)),
             attention_mask=attention_mask,
-            encoder_hidden_states=image_embeds,
-        ).last_hidden_state
-        return image_embeds, question_embeds
+            encoder_hidden_states=vision_outputs.last_hidden_state,
+            **layer_outputs,
+        )
+        return vision_outputs.last_hidden_state, question_outputs.last_hidden_state, (vision_outputs, question_outputs)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -583,7 +636,9 @@ class BlipForQuestionAnswering(BlipInputGradientsMixin, hf_blip.BlipForQuestionA
         answer_question_index: torch.LongTensor | None = None,
         answer_weights: torch.FloatTensor | None = None,
         interpolate_pos_encoding: bool = False,
-        **kwargs,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
     ) -> BlipQuestionAnsweringOutput:
         r"""
         input_ids / attention_mask: (B, T) questions. labels: (A, L) answer ids (`[DEC]` or `[CLS]` first, -100 or
@@ -597,7 +652,14 @@ class BlipForQuestionAnswering(BlipInputGradientsMixin, hf_blip.BlipForQuestionA
         batch = input_ids.shape[0]
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        image_embeds, question_embeds = self._question_states(input_ids, pixel_values, attention_mask, interpolate_pos_encoding)
+        image_embeds, question_embeds, (vision_outputs, question_outputs) = self._question_states(
+            input_ids,
+            pixel_values,
+            attention_mask,
+            interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
 
         if decoder_input_ids is None:
             decoder_input_ids = labels.masked_fill(labels == -100, text_config.pad_token_id)
@@ -639,6 +701,10 @@ class BlipForQuestionAnswering(BlipInputGradientsMixin, hf_blip.BlipForQuestionA
             answer_losses=answer_losses,
             image_embeds=image_embeds,
             question_embeds=question_embeds,
+            vision_hidden_states=vision_outputs.hidden_states,
+            vision_attentions=vision_outputs.attentions,
+            text_hidden_states=question_outputs.hidden_states,
+            text_attentions=question_outputs.attentions,
         )
 
     @torch.no_grad()
@@ -662,7 +728,7 @@ class BlipForQuestionAnswering(BlipInputGradientsMixin, hf_blip.BlipForQuestionA
             candidate_mask = (candidate_ids != text_config.pad_token_id).long()
         k = min(int(k), candidate_ids.shape[0])
         candidate_ids = with_first_token(candidate_ids, text_config.bos_token_id)
-        _, question_embeds = self._question_states(input_ids, pixel_values, attention_mask, interpolate_pos_encoding)
+        _, question_embeds, _ = self._question_states(input_ids, pixel_values, attention_mask, interpolate_pos_encoding)
         batch = question_embeds.shape[0]
 
         start_ids = candidate_ids[:1, :1].expand(batch, 1)
@@ -707,6 +773,7 @@ class BlipForImageTextRetrieval(BlipInputGradientsMixin, BlipContrastiveMixin, h
     `retrieve(...)` ranks a gallery: ITC top-k, re-ranked by ITM.
     """
 
+    main_input_name = "input_ids"  # `forward` takes the text first, as transformers' class does
     accepts_loss_kwargs = False
 
     def __init__(self, config):
@@ -728,6 +795,7 @@ class BlipForImageTextRetrieval(BlipInputGradientsMixin, BlipContrastiveMixin, h
                 init.constant_(self.idx_queue, -100)
                 init.zeros_(self.queue_ptr)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -739,7 +807,9 @@ class BlipForImageTextRetrieval(BlipInputGradientsMixin, BlipContrastiveMixin, h
         image_ids: torch.LongTensor | None = None,
         alpha: float | None = None,
         update_momentum: bool | None = None,
-        **kwargs,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
     ):
         r"""
         return_loss: compute ITC + ITM fine-tuning losses (input_ids as tokenized, `[CLS]` first; ITM swaps in `[ENC]`).
@@ -753,7 +823,9 @@ class BlipForImageTextRetrieval(BlipInputGradientsMixin, BlipContrastiveMixin, h
                 use_itm_head=use_itm_head,
                 attention_mask=attention_mask,
                 interpolate_pos_encoding=interpolate_pos_encoding,
-                **kwargs,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                return_dict=True,
             )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)

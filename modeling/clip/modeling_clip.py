@@ -24,8 +24,11 @@ from transformers import CLIPModel, CLIPTextModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.clip.modeling_clip import CLIPOutput, CLIPPreTrainedModel
+from transformers.utils import can_return_tuple
 
+from hf_vlp.layers import eager_attention_forward
 from hf_vlp.pretraining.contrastive import contrastive_loss
 
 from .configuration_clip_resnet import CLIPResNetConfig, CLIPResNetVisionConfig
@@ -58,6 +61,7 @@ class CLIPContrastiveMixin:
 
     accepts_loss_kwargs = False  # the loss normalises itself (and is exact across ranks)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids=None,
@@ -67,18 +71,23 @@ class CLIPContrastiveMixin:
         return_loss=True,
         gather=True,
         sample_ids=None,
-        **kwargs,
-    ):
+        interpolate_pos_encoding=False,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ) -> CLIPOutput:
         r"""
         return_loss: compute the symmetric InfoNCE loss (default True, so `Trainer` trains it directly).
         gather: all-gather embeddings across ranks with gradients (no-op in one process).
         sample_ids: optional (B,) ids; pairs sharing an id are all positives (several captions of one image).
         """
         check_text_length(input_ids, self.config.text_config.max_position_embeddings)
-        kwargs.pop("return_dict", None)
-        vision_outputs = self.get_image_features(pixel_values=pixel_values, **kwargs)
+        layer_outputs = dict(output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        vision_outputs = self.get_image_features(
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **layer_outputs
+        )
         text_outputs = self.get_text_features(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **layer_outputs
         )
         image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
         text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
@@ -117,10 +126,16 @@ class CLIPForPreTraining(CLIPContrastiveMixin, CLIPModel):
     """transformers' `CLIPModel` (identical parameters and key names) trained with hf_vlp's distributed-exact
     contrastive loss; also image-text retrieval fine-tuning (same objective)."""
 
-    def get_text_features(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
+    def get_text_features(
+        self, input_ids, attention_mask=None, position_ids=None, output_attentions=None, output_hidden_states=None
+    ):
         check_text_length(input_ids, self.config.text_config.max_position_embeddings)
         return super().get_text_features(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
 
     def get_image_patch_embeds(self, pixel_values):
@@ -193,13 +208,16 @@ class CLIPResNetBottleneck(GradientCheckpointingLayer):
 
 class CLIPResNetAttentionPool(nn.Module):
     """Multi-head attention over the spatial tokens of the last stage with one query: the mean token (prepended, with
-    its own position embedding). Only the query's output is used, so only it is computed."""
+    its own position embedding). Only the query's output is used, so only it is computed. Runs through transformers'
+    attention interface (`config._attn_implementation`: eager, SDPA, ...)."""
 
     def __init__(self, config: CLIPResNetVisionConfig):
         super().__init__()
+        self.config = config
         dim = config.embed_dim
         grid = config.image_size // 32
         self.num_heads = config.num_attention_heads
+        self.is_causal = False
         self.positional_embedding = nn.Parameter(torch.zeros(grid * grid + 1, dim))
         self.q_proj = nn.Linear(dim, dim)
         self.k_proj = nn.Linear(dim, dim)
@@ -221,16 +239,27 @@ class CLIPResNetAttentionPool(nn.Module):
         def heads(x):
             return x.view(batch, x.shape[1], self.num_heads, head_dim).transpose(1, 2)
 
-        query = heads(self.q_proj(tokens[:, :1]))
-        attended = F.scaled_dot_product_attention(query, heads(self.k_proj(tokens)), heads(self.v_proj(tokens)))
-        return self.c_proj(attended.transpose(1, 2).reshape(batch, channels))
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attended, _ = attention_interface(
+            self,
+            heads(self.q_proj(tokens[:, :1])),
+            heads(self.k_proj(tokens)),
+            heads(self.v_proj(tokens)),
+            None,
+            dropout=0.0,
+            scaling=head_dim**-0.5,
+        )
+        return self.c_proj(attended.reshape(batch, channels))
 
 
 class CLIPResNetPreTrainedModel(CLIPPreTrainedModel):
     config: CLIPResNetConfig
     config_class = CLIPResNetConfig
     base_model_prefix = "clip_resnet"
-    _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPResNetBottleneck", "CLIPResNetAttentionPool"]
+    # the text tower's blocks come from CLIPTextModel's own `_no_split_modules` (post_init collects them)
+    _no_split_modules = ["CLIPResNetBottleneck", "CLIPResNetAttentionPool"]
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -285,7 +314,8 @@ class CLIPResNetVisionModel(CLIPResNetPreTrainedModel):
                     module.eval()
         return self
 
-    def forward(self, pixel_values=None, output_hidden_states=None, return_dict=None, **kwargs):
+    @can_return_tuple
+    def forward(self, pixel_values=None, output_hidden_states=None, return_dict=None) -> BaseModelOutputWithPooling:
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values")
         if pixel_values.dim() != 4 or pixel_values.shape[1] != self.config.num_channels:
@@ -324,19 +354,28 @@ class CLIPResNetModel(CLIPContrastiveMixin, CLIPResNetPreTrainedModel):
     def get_input_embeddings(self):
         return self.text_model.get_input_embeddings()
 
-    def get_text_features(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
+    def get_text_features(
+        self, input_ids, attention_mask=None, position_ids=None, output_attentions=None, output_hidden_states=None
+    ):
         """`pooler_output` = text projection of the pooled (EOT) token."""
         check_text_length(input_ids, self.config.text_config.max_position_embeddings)
         outputs = self.text_model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         outputs.pooler_output = self.text_projection(outputs.pooler_output)
         return outputs
 
-    def get_image_features(self, pixel_values, **kwargs):
-        """`pooler_output` = the attention pool's output (already in the joint space)."""
-        kwargs.pop("output_attentions", None)
-        return self.vision_model(pixel_values=pixel_values, **kwargs)
+    def get_image_features(
+        self, pixel_values, interpolate_pos_encoding=False, output_attentions=None, output_hidden_states=None
+    ):
+        """`pooler_output` = the attention pool's output (already in the joint space). A ResNet has no attention
+        maps and a fixed grid: `output_attentions` and `interpolate_pos_encoding` are accepted for the common
+        interface and have no effect."""
+        return self.vision_model(pixel_values=pixel_values, output_hidden_states=output_hidden_states)
 
 
 __all__ = [

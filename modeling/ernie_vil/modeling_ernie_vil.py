@@ -17,22 +17,21 @@ original's readers feed exactly that).
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from hf_vlp.layers import MaskedLMHead
 from hf_vlp.modeling.vilbert.modeling_vilbert import (
     VilbertForImageTextRetrieval,
     VilbertForMultipleChoice,
     VilbertForReferringExpression,
+    VilbertForVisualQuestionAnswering,
     VilbertModel,
     VilbertPreTrainedModel,
     VilbertRegionHead,
-    VilbertTaskModel,
-    soft_score_loss,
+    stream_outputs,
 )
-from hf_vlp.pretraining.losses import masked_cross_entropy, zero_loss
+from hf_vlp.pretraining.losses import masked_cross_entropy, region_kl_loss
 
 from .configuration_ernie_vil import ErnieVilConfig
 
@@ -54,6 +53,11 @@ class ErnieVilForPreTrainingOutput(ModelOutput):
     mlm_logits: torch.FloatTensor | None = None
     region_logits: torch.FloatTensor | None = None
     itm_logits: torch.FloatTensor | None = None
+    text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    visual_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    text_attentions: tuple[torch.FloatTensor, ...] | None = None
+    visual_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[tuple[torch.FloatTensor, torch.FloatTensor], ...] | None = None
 
 
 class ErnieVilPreTrainedModel(VilbertPreTrainedModel):
@@ -66,10 +70,6 @@ class ErnieVilModel(ErnieVilPreTrainedModel, VilbertModel):
     `input_ids`, `token_type_ids` (the original's `sentence_ids`), `position_ids`, `attention_mask`, `visual_feats`
     (B, R, 2048) with the whole-image mean feature as region 0, `visual_pos` (B, R, 4) normalized boxes (the
     5-d location `[x1, y1, x2, y2, area]` is derived inside), `visual_attention_mask`."""
-
-
-class ErnieVilTaskModel(ErnieVilPreTrainedModel, VilbertTaskModel):
-    backbone_class = ErnieVilModel
 
 
 class ErnieVilForPreTraining(ErnieVilPreTrainedModel):
@@ -104,16 +104,18 @@ class ErnieVilForPreTraining(ErnieVilPreTrainedModel):
     def set_output_embeddings(self, new_embeddings):
         self.mlm_head.decoder = new_embeddings
 
+    @can_return_tuple
     def forward(
         self,
         input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
         visual_feats=None,
         visual_pos=None,
+        attention_mask=None,
         visual_attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
         region_mask=None,
+        inputs_embeds=None,
         labels=None,
         object_labels=None,
         attribute_labels=None,
@@ -121,25 +123,28 @@ class ErnieVilForPreTraining(ErnieVilPreTrainedModel):
         region_soft_labels=None,
         region_class_labels=None,
         itm_labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
         return_dict=None,
-        **kwargs,
-    ):
+    ) -> ErnieVilForPreTrainingOutput:
         config = self.config
         has_region_labels = region_soft_labels is not None or region_class_labels is not None
         if has_region_labels and region_mask is None:
             raise ValueError("masked region labels were given without `region_mask` (B, R) marking the masked regions.")
         outputs = self.ernie_vil(
             input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
             visual_feats=visual_feats,
             visual_pos=visual_pos,
+            attention_mask=attention_mask,
             visual_attention_mask=visual_attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
             region_mask=region_mask,
-            **kwargs,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
-        result = ErnieVilForPreTrainingOutput()
+        result = ErnieVilForPreTrainingOutput(**stream_outputs(outputs))
         weighted = []
 
         text_labels = {
@@ -174,15 +179,10 @@ class ErnieVilForPreTraining(ErnieVilPreTrainedModel):
                 masked = masked & visual_attention_mask.bool()
             result.region_logits = self.region_head(visual_states[masked])
             losses = []
-            if not masked.any():
-                losses.append(zero_loss(result.region_logits))
-            else:
-                if region_soft_labels is not None:
-                    log_probs = F.log_softmax(result.region_logits.float(), dim=-1)
-                    kl = F.kl_div(log_probs, region_soft_labels[masked].float(), reduction="none").sum(-1)
-                    losses.append(kl.mean())
-                if region_class_labels is not None:
-                    losses.append(masked_cross_entropy(result.region_logits, region_class_labels[masked]))
+            if region_soft_labels is not None:
+                losses.append(region_kl_loss(result.region_logits, region_soft_labels[masked]))
+            if region_class_labels is not None:
+                losses.append(masked_cross_entropy(result.region_logits, region_class_labels[masked]))
             result.mrc_loss = torch.stack(losses).sum()
             weighted.append(config.mrc_weight * result.mrc_loss)
         else:
@@ -195,7 +195,7 @@ class ErnieVilForPreTraining(ErnieVilPreTrainedModel):
 
         if weighted:
             result.loss = torch.stack(weighted).sum()
-        return result if return_dict is not False else result.to_tuple()
+        return result
 
 
 class ErnieVilForMultipleChoice(ErnieVilPreTrainedModel, VilbertForMultipleChoice):
@@ -205,26 +205,23 @@ class ErnieVilForMultipleChoice(ErnieVilPreTrainedModel, VilbertForMultipleChoic
     backbone_class = ErnieVilModel
 
 
-class ErnieVilForVisualQuestionAnswering(ErnieVilTaskModel):
+class ErnieVilForVisualQuestionAnswering(ErnieVilPreTrainedModel, VilbertForVisualQuestionAnswering):
     """VQA (`create_vqa_model`): Linear(co_hidden, vqa_hidden_size) + ReLU + dropout 0.5 + Linear(num_labels) on the
     fused pooled vector (`vqa_fc_w_0/b_0`, `vqa_fc_w_1/b_1`; no LayerNorm, unlike ViLBERT's head). `labels`: (B,
     num_labels) soft scores or (B,) answer ids; sigmoid cross-entropy summed over answers, averaged over examples."""
 
-    def __init__(self, config: ErnieVilConfig):
-        super().__init__(config)
+    backbone_class = ErnieVilModel
+
+    def build_head(self, config):
         self.vqa_classifier = nn.Sequential(
             nn.Linear(config.co_hidden_size, config.vqa_hidden_size),
             nn.ReLU(),
             nn.Dropout(0.5),
             nn.Linear(config.vqa_hidden_size, config.num_labels),
         )
-        self.post_init()
 
-    def forward(self, labels=None, return_dict=None, **inputs):
-        outputs = self._encode(**inputs)
-        logits = self.vqa_classifier(outputs.pooler_output)
-        loss = soft_score_loss(logits, labels, self.config.num_labels) if labels is not None else None
-        return self._output(loss, logits, outputs, return_dict)
+    def predict(self, outputs, inputs, layout):
+        return self.vqa_classifier(outputs.pooler_output)
 
 
 class ErnieVilForImageTextRetrieval(ErnieVilPreTrainedModel, VilbertForImageTextRetrieval):

@@ -6,7 +6,7 @@ name (Hub checkpoints of transformers load unchanged) and add:
 
 * Gradient checkpointing: transformers' LXMERT layers are plain modules; here the language, relational and
   cross-modality layers are re-classed as `GradientCheckpointingLayer`s (same parameters, same forward).
-* `LxmertForPreTraining` returns each objective's loss (`mlm_loss`, `matched_loss`, `obj_loss`, `attr_loss`,
+* `LxmertForPreTraining` returns each objective's loss (`mlm_loss`, `itm_loss` (matching), `obj_loss`, `attr_loss`,
   `feat_loss`, `qa_loss`) and the object-head predictions, computes losses in fp32, and does not return NaN when
   a batch has no masked word or no QA label. The losses are the original's (`src/lxrt/modeling.py::
   LXRTPretraining`): cross-entropy for MLM / matching / QA; per-region obj / attr cross-entropy weighted by the
@@ -28,8 +28,15 @@ import torch
 import torch.nn.functional as F
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.lxmert import modeling_lxmert as hf
+from transformers.models.lxmert.modeling_lxmert import (  # named in `_no_split_modules`
+    LxmertEmbeddings as LxmertEmbeddings,
+)
+from transformers.models.lxmert.modeling_lxmert import (
+    LxmertVisualFeatureEncoder as LxmertVisualFeatureEncoder,
+)
+from transformers.utils import can_return_tuple
 
-from hf_vlp.pretraining.losses import masked_cross_entropy, zero_loss
+from hf_vlp.pretraining.losses import masked_cross_entropy, soft_score_loss, zero_loss
 
 # Default LoRA targets: query/key/value of every attention (language, relational, cross-modality, and the
 # cross-modality self-attentions) plus the region-feature projection `visn_fc.visn_fc` (vision side).
@@ -110,6 +117,7 @@ class LxmertModel(_HfVlpLxmertMixin, hf.LxmertModel):
         super().__init__(config)
         _make_layers_checkpointable(self)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids=None,
@@ -117,8 +125,12 @@ class LxmertModel(_HfVlpLxmertMixin, hf.LxmertModel):
         visual_pos=None,
         attention_mask=None,
         visual_attention_mask=None,
-        **kwargs,
-    ):
+        token_type_ids=None,
+        inputs_embeds=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ) -> hf.LxmertModelOutput:
         _check_lxmert_inputs(input_ids, visual_feats, visual_pos, visual_attention_mask)
         return super().forward(
             input_ids=input_ids,
@@ -126,7 +138,11 @@ class LxmertModel(_HfVlpLxmertMixin, hf.LxmertModel):
             visual_pos=visual_pos,
             attention_mask=attention_mask,
             visual_attention_mask=visual_attention_mask,
-            **kwargs,
+            token_type_ids=token_type_ids,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
 
 
@@ -135,7 +151,7 @@ class LxmertForPreTrainingOutput(hf.LxmertForPreTrainingOutput):
     """transformers' output plus each objective's loss and the object head's per-region predictions."""
 
     mlm_loss: torch.FloatTensor | None = None
-    matched_loss: torch.FloatTensor | None = None
+    itm_loss: torch.FloatTensor | None = None
     obj_loss: torch.FloatTensor | None = None
     attr_loss: torch.FloatTensor | None = None
     feat_loss: torch.FloatTensor | None = None
@@ -146,6 +162,11 @@ class LxmertForPreTrainingOutput(hf.LxmertForPreTrainingOutput):
     language_output: torch.FloatTensor | None = None
     vision_output: torch.FloatTensor | None = None
     pooled_output: torch.FloatTensor | None = None
+
+    @property
+    def matched_loss(self):
+        """Former name of `itm_loss` (read by `hf_vlp.conversion.lxmert`'s fixture check)."""
+        return self.itm_loss
 
 
 class LxmertForPreTraining(_HfVlpLxmertMixin, hf.LxmertForPreTraining):
@@ -164,6 +185,13 @@ class LxmertForPreTraining(_HfVlpLxmertMixin, hf.LxmertForPreTraining):
         super().__init__(config)
         _make_layers_checkpointable(self.lxmert)
 
+    def get_output_embeddings(self):
+        return self.cls.predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.cls.predictions.decoder = new_embeddings
+
+    @can_return_tuple
     def forward(
         self,
         input_ids=None,
@@ -180,7 +208,6 @@ class LxmertForPreTraining(_HfVlpLxmertMixin, hf.LxmertForPreTraining):
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
-        **kwargs,
     ):
         _check_lxmert_inputs(input_ids, visual_feats, visual_pos, visual_attention_mask)
         outputs = self.lxmert(
@@ -208,7 +235,7 @@ class LxmertForPreTraining(_HfVlpLxmertMixin, hf.LxmertForPreTraining):
         if labels is not None and self.task_mask_lm:
             losses["mlm_loss"] = masked_cross_entropy(prediction_logits.flatten(0, 1), labels.flatten())
         if matched_label is not None and self.task_matched:
-            losses["matched_loss"] = masked_cross_entropy(cross_relationship_score, matched_label.view(-1))
+            losses["itm_loss"] = masked_cross_entropy(cross_relationship_score, matched_label.view(-1))
         if obj_labels is not None and self.task_obj_predict:
             losses.update(self._visual_losses(visual_predictions, obj_labels))
         if ans is not None and self.task_qa:
@@ -233,7 +260,7 @@ class LxmertForPreTraining(_HfVlpLxmertMixin, hf.LxmertForPreTraining):
             pooled_output=pooled_output,
             **losses,
         )
-        return result if return_dict is not False else result.to_tuple()
+        return result
 
     def _visual_losses(self, predictions, obj_labels):
         """Original `LXRTPretraining.forward`: (per-region loss * weight).mean() over all B*R regions * normalizer."""
@@ -291,6 +318,7 @@ class LxmertForVisualQuestionAnswering(_HfVlpLxmertMixin, hf.LxmertForQuestionAn
         super().__init__(config)
         _make_layers_checkpointable(self.lxmert)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids=None,
@@ -304,7 +332,6 @@ class LxmertForVisualQuestionAnswering(_HfVlpLxmertMixin, hf.LxmertForQuestionAn
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
-        **kwargs,
     ):
         _check_lxmert_inputs(input_ids, visual_feats, visual_pos, visual_attention_mask)
         outputs = self.lxmert(
@@ -328,7 +355,7 @@ class LxmertForVisualQuestionAnswering(_HfVlpLxmertMixin, hf.LxmertForQuestionAn
                         f"soft `labels` must be (batch, num_qa_labels) = {tuple(answer_score.shape)}, "
                         f"got {tuple(labels.shape)}."
                     )
-                loss = F.binary_cross_entropy_with_logits(answer_score.float(), labels.float()) * answer_score.shape[-1]
+                loss = soft_score_loss(answer_score, labels, scaling="num_answers")
             else:
                 loss = masked_cross_entropy(answer_score, labels.view(-1))
         result = LxmertForVisualQuestionAnsweringOutput(
@@ -340,7 +367,7 @@ class LxmertForVisualQuestionAnswering(_HfVlpLxmertMixin, hf.LxmertForQuestionAn
             vision_attentions=outputs.vision_attentions,
             cross_encoder_attentions=outputs.cross_encoder_attentions,
         )
-        return result if return_dict is not False else result.to_tuple()
+        return result
 
 
 __all__ = [

@@ -23,7 +23,7 @@ from torch import nn
 from transformers import Cache, GenerationConfig, GenerationMixin, PreTrainedModel, TrainerCallback
 from transformers import initialization as init
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 
 from hf_vlp.layers import (
@@ -37,8 +37,9 @@ from hf_vlp.layers import (
     check_visual_inputs,
     joint_padding_mask,
 )
+from hf_vlp.layers import TransformerLayer as TransformerLayer  # named in `_no_split_modules`
 from hf_vlp.layers.attention import eager_attention_forward
-from hf_vlp.pretraining.losses import masked_cross_entropy
+from hf_vlp.pretraining.losses import masked_cross_entropy, soft_score_loss
 
 from .configuration_oscar import OscarConfig
 
@@ -72,8 +73,8 @@ class OscarModelOutput(ModelOutput):
 class OscarForPreTrainingOutput(ModelOutput):
     """`loss` = weighted sum of the masked token loss and the contrastive loss.
 
-    mlm_logits: (N, V) vocabulary logits at the N positions where `labels != -100` (row-major), when labels are given.
-    prediction_logits: (B, T, V) vocabulary logits at every text position, when no `labels` are given.
+    mlm_logits: (N, V) vocabulary logits at the N positions where `labels != -100` (row-major) when labels are given,
+        else (B, T, V) at every text position (as every hf_vlp pretraining head).
     contrastive_logits: (B, num_contrast_classes) from the pooled output.
     """
 
@@ -81,10 +82,14 @@ class OscarForPreTrainingOutput(ModelOutput):
     mlm_loss: torch.FloatTensor | None = None
     contrastive_loss: torch.FloatTensor | None = None
     mlm_logits: torch.FloatTensor | None = None
-    prediction_logits: torch.FloatTensor | None = None
     contrastive_logits: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+
+    @property
+    def prediction_logits(self):
+        """Former name of `mlm_logits` without labels (read by `hf_vlp.conversion.oscar`'s fixture check)."""
+        return self.mlm_logits
 
 
 @dataclass
@@ -339,28 +344,30 @@ class OscarModel(OscarPreTrainedModel):
                 f"got {visual_feats.shape[-1]}.{hint}"
             )
 
+    @can_return_tuple
     def forward(
         self,
         input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
         visual_feats=None,
         visual_pos=None,
+        attention_mask=None,
         visual_attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
         inputs_embeds=None,
-        output_hidden_states=None,
         output_attentions=None,
+        output_hidden_states=None,
         return_dict=None,
-        **kwargs,
-    ):
+    ) -> OscarModelOutput:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of `input_ids` and `inputs_embeds`.")
         text_shape = tuple(input_ids.shape if input_ids is not None else inputs_embeds.shape[:2])
         self._check_visual(visual_feats, visual_pos, visual_attention_mask, text_shape[0])
         _check_text_mask("token_type_ids", token_type_ids, text_shape)
-        output_hidden_states = output_hidden_states or self.config.output_hidden_states
-        output_attentions = output_attentions or self.config.output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
 
         text_embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
         visual_embeddings = self.region_embeddings(visual_feats.to(text_embeddings.dtype), visual_pos)
@@ -392,7 +399,7 @@ class OscarModel(OscarPreTrainedModel):
             hidden_states=all_hidden,
             attentions=all_attentions,
         )
-        return output if return_dict is not False else output.to_tuple()
+        return output
 
 
 def _classifier(config: OscarConfig, input_size: int, output_size: int, layer_norm=False):
@@ -439,8 +446,35 @@ class OscarForPreTraining(OscarPreTrainedModel):
     def set_output_embeddings(self, new_embeddings):
         self.mlm_head.decoder = new_embeddings
 
-    def forward(self, labels=None, contrastive_labels=None, return_dict=None, **inputs):
-        outputs = self.oscar(**inputs)
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids=None,
+        visual_feats=None,
+        visual_pos=None,
+        attention_mask=None,
+        visual_attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        contrastive_labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ) -> OscarForPreTrainingOutput:
+        outputs = self.oscar(
+            input_ids=input_ids,
+            visual_feats=visual_feats,
+            visual_pos=visual_pos,
+            attention_mask=attention_mask,
+            visual_attention_mask=visual_attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         config = self.config
         result = OscarForPreTrainingOutput(hidden_states=outputs.hidden_states, attentions=outputs.attentions)
         weighted = []
@@ -451,7 +485,7 @@ class OscarForPreTraining(OscarPreTrainedModel):
             result.mlm_loss = masked_cross_entropy(result.mlm_logits, labels[masked])
             weighted.append(config.mlm_weight * result.mlm_loss)
         else:
-            result.prediction_logits = self.mlm_head(outputs.text_hidden_state)
+            result.mlm_logits = self.mlm_head(outputs.text_hidden_state)
         result.contrastive_logits = self.contrastive_head(outputs.pooler_output)
         if contrastive_labels is not None:
             _check_text_mask("contrastive_labels", contrastive_labels, result.contrastive_logits.shape[:1])
@@ -459,7 +493,7 @@ class OscarForPreTraining(OscarPreTrainedModel):
             weighted.append(config.contrastive_weight * result.contrastive_loss)
         if weighted:
             result.loss = torch.stack(weighted).sum()
-        return result if return_dict is not False else result.to_tuple()
+        return result
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -467,7 +501,79 @@ class OscarForPreTraining(OscarPreTrainedModel):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class OscarForVisualQuestionAnswering(OscarPreTrainedModel):
+class OscarTaskModel(OscarPreTrainedModel):
+    """Shared plumbing of the classification heads (`ImageBertForSequenceClassification` / `...MultipleChoice`): the
+    backbone `oscar`, dropout on the pooled output, the `classifier` (`build_classifier`), one forward. A head states
+    `compute_loss(logits, labels)` and, where its inputs are laid out differently (NLVR2), `encode(inputs)`."""
+
+    def __init__(self, config: OscarConfig):
+        super().__init__(config)
+        self.oscar = OscarModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = self.build_classifier(config)
+        self.post_init()
+
+    def build_classifier(self, config):
+        return _classifier(config, config.hidden_size, config.num_labels)
+
+    def encode(self, inputs):
+        return self.oscar(**inputs)
+
+    def compute_loss(self, logits, labels):
+        return masked_cross_entropy(logits, labels)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids=None,
+        visual_feats=None,
+        visual_pos=None,
+        attention_mask=None,
+        visual_attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ) -> OscarTaskOutput:
+        r"""
+        Inputs as `OscarModel`. labels: the head's targets (see the class docstring); the loss is computed when
+        they are given.
+        """
+        outputs = self.encode(
+            dict(
+                input_ids=input_ids,
+                visual_feats=visual_feats,
+                visual_pos=visual_pos,
+                attention_mask=attention_mask,
+                visual_attention_mask=visual_attention_mask,
+                token_type_ids=token_type_ids,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+            )
+        )
+        pooled = self.dropout(outputs.pooler_output)
+        logits = self.classifier(pooled.view(-1, self.classifier_inputs * pooled.shape[-1]))
+        return OscarTaskOutput(
+            loss=self.compute_loss(logits, labels) if labels is not None else None,
+            logits=logits,
+            scores=self.match_scores(logits),
+            pooler_output=outputs.pooler_output,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    classifier_inputs = 1  # pooled vectors per example the classifier reads (NLVR2: one per image)
+
+    def match_scores(self, logits):
+        return None
+
+
+class OscarForVisualQuestionAnswering(OscarTaskModel):
     """VQA / GQA as answer classification on the pooled output (`ImageBertForSequenceClassification`, `run_vqa.py`,
     `run_gqa.py`). Text = `[CLS] question [SEP] tags [SEP]`.
 
@@ -476,57 +582,29 @@ class OscarForVisualQuestionAnswering(OscarPreTrainedModel):
     answer ids (B,). Inference score = the logits.
     """
 
-    def __init__(self, config: OscarConfig):
-        super().__init__(config)
-        self.oscar = OscarModel(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = _classifier(config, config.hidden_size, config.num_labels)
-        self.post_init()
-
-    def forward(self, labels=None, return_dict=None, **inputs):
-        outputs = self.oscar(**inputs)
-        logits = self.classifier(self.dropout(outputs.pooler_output))
-        loss = None
-        if labels is not None:
-            if self.config.vqa_loss == "bce":
-                if labels.shape != logits.shape:
-                    raise ValueError(
-                        f"`labels` must be soft answer scores of shape {tuple(logits.shape)}, got {tuple(labels.shape)}."
-                    )
-                loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float()) * labels.shape[1]
-            else:
-                loss = masked_cross_entropy(logits, labels)
-        result = OscarTaskOutput(
-            loss=loss, logits=logits, pooler_output=outputs.pooler_output, hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )  # fmt: skip
-        return result if return_dict is not False else result.to_tuple()
+    def compute_loss(self, logits, labels):
+        if self.config.vqa_loss == "bce":
+            if labels.shape != logits.shape:
+                raise ValueError(
+                    f"`labels` must be soft answer scores of shape {tuple(logits.shape)}, got {tuple(labels.shape)}."
+                )
+            return soft_score_loss(logits, labels, scaling="num_answers")
+        return masked_cross_entropy(logits, labels)
 
 
-class OscarForImageTextRetrieval(OscarPreTrainedModel):
+class OscarForImageTextRetrieval(OscarTaskModel):
     """Image-text retrieval (`run_retrieval.py`): a binary match classifier on the pooled output, trained with
     cross-entropy (`loss_type sfmx`); the ranking score is `softmax(logits)[:, 1]` (`scores`).
     `labels` (B,): 1 = text and image match, 0 = not."""
 
-    def __init__(self, config: OscarConfig):
-        super().__init__(config)
-        self.oscar = OscarModel(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = _classifier(config, config.hidden_size, 2)
-        self.post_init()
+    def build_classifier(self, config):
+        return _classifier(config, config.hidden_size, 2)
 
-    def forward(self, labels=None, return_dict=None, **inputs):
-        outputs = self.oscar(**inputs)
-        logits = self.classifier(self.dropout(outputs.pooler_output))
-        loss = masked_cross_entropy(logits, labels) if labels is not None else None
-        result = OscarTaskOutput(
-            loss=loss, logits=logits, scores=logits.float().softmax(-1)[:, 1], pooler_output=outputs.pooler_output,
-            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
-        )  # fmt: skip
-        return result if return_dict is not False else result.to_tuple()
+    def match_scores(self, logits):
+        return logits.float().softmax(-1)[:, 1]
 
 
-class OscarForVisualReasoning(OscarPreTrainedModel):
+class OscarForVisualReasoning(OscarTaskModel):
     """NLVR2 with the original's paired head (`ImageBertForMultipleChoice`, `run_nlvr.py --use_pair`).
 
     Each example has `config.num_choices` (text, image) pairs: `[CLS] statement [SEP] tags of image k [SEP]` with
@@ -535,33 +613,25 @@ class OscarForVisualReasoning(OscarPreTrainedModel):
     The K pooled outputs are concatenated (pair 0 first) and classified. `labels` (B,): 1 = statement true.
     """
 
-    def __init__(self, config: OscarConfig):
-        super().__init__(config)
-        self.oscar = OscarModel(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = _classifier(
+    @property
+    def classifier_inputs(self):
+        return self.config.num_choices
+
+    def build_classifier(self, config):
+        return _classifier(
             config, config.num_choices * config.hidden_size, config.num_labels, layer_norm=config.nlvr2_layer_norm
         )
-        self.post_init()
 
-    def forward(self, input_ids=None, visual_feats=None, labels=None, return_dict=None, **inputs):
+    def encode(self, inputs):
         choices = self.config.num_choices
+        input_ids, visual_feats = inputs["input_ids"], inputs["visual_feats"]
         if input_ids is None or input_ids.dim() != 3 or input_ids.shape[1] != choices:
             shape = None if input_ids is None else tuple(input_ids.shape)
             raise ValueError(f"`input_ids` must be (batch, {choices} pairs, tokens), got {shape}.")
         if visual_feats is None or visual_feats.dim() != 4 or visual_feats.shape[:2] != input_ids.shape[:2]:
             shape = None if visual_feats is None else tuple(visual_feats.shape)
             raise ValueError(f"`visual_feats` must be (batch, {choices} images, regions, dim), got {shape}.")
-        batch = input_ids.shape[0]
-        flat = {k: v.flatten(0, 1) if torch.is_tensor(v) and v.dim() > 1 else v for k, v in inputs.items()}
-        outputs = self.oscar(input_ids=input_ids.flatten(0, 1), visual_feats=visual_feats.flatten(0, 1), **flat)
-        logits = self.classifier(self.dropout(outputs.pooler_output).view(batch, -1))
-        loss = masked_cross_entropy(logits, labels) if labels is not None else None
-        result = OscarTaskOutput(
-            loss=loss, logits=logits, pooler_output=outputs.pooler_output, hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )  # fmt: skip
-        return result if return_dict is not False else result.to_tuple()
+        return self.oscar(**{k: v.flatten(0, 1) if torch.is_tensor(v) and v.dim() > 1 else v for k, v in inputs.items()})
 
 
 # ----------------------------------------------------------------------------------------------------------------

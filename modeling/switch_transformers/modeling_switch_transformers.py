@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 from transformers.modeling_outputs import Seq2SeqMoEOutput
 from transformers.models.switch_transformers import modeling_switch_transformers as hf_switch
+from transformers.utils import can_return_tuple
+
+from hf_vlp.pretraining.losses import zero_loss
 
 # Default LoRA targets (PEFT `target_modules` regex): attention projections of encoder and decoder plus every
 # expert's and dense feed-forward's input/output projections. Routers stay frozen (and fp32).
@@ -61,22 +64,46 @@ class SwitchTransformersForConditionalGeneration(hf_switch.SwitchTransformersFor
             config.decoder_start_token_id = config.pad_token_id  # T5X decodes from the pad id (0)
         super().__init__(config)
 
-    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, labels=None,
-                output_router_logits=None, **kwargs):
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        decoder_input_ids=None,
+        decoder_attention_mask=None,
+        encoder_outputs=None,
+        cache=None,
+        inputs_embeds=None,
+        decoder_inputs_embeds=None,
+        labels=None,
+        output_router_logits=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ) -> SwitchTransformersSeq2SeqOutput:
         r"""
         labels: (B, L) target ids, -100 ignored; decoder inputs are the labels shifted right.
         output_router_logits: default True when `labels` are given (the router losses need the logits).
         """
         if output_router_logits is None:
             output_router_logits = labels is not None
-        if labels is not None and decoder_input_ids is None and kwargs.get("decoder_inputs_embeds") is None:
+        if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
             decoder_input_ids = self._shift_right(labels)
         outputs = super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
             decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            decoder_inputs_embeds=decoder_inputs_embeds,
             output_router_logits=output_router_logits,
-            **kwargs,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         result = SwitchTransformersSeq2SeqOutput(**{k: v for k, v in outputs.items()})
         if output_router_logits:
@@ -84,9 +111,9 @@ class SwitchTransformersForConditionalGeneration(hf_switch.SwitchTransformersFor
             decoder_z, decoder_aux = router_losses(outputs.decoder_router_logits)
             result.encoder_z_loss, result.encoder_aux_loss = encoder_z, encoder_aux
             result.decoder_z_loss, result.decoder_aux_loss = decoder_z, decoder_aux
-            zero = outputs.logits.new_zeros((), dtype=torch.float32)
-            result.router_z_loss = sum(x for x in (encoder_z, decoder_z) if x is not None) + zero
-            result.router_aux_loss = sum(x for x in (encoder_aux, decoder_aux) if x is not None) + zero
+            zero = zero_loss(outputs.logits)
+            result.router_z_loss = sum((x for x in (encoder_z, decoder_z) if x is not None), zero)
+            result.router_aux_loss = sum((x for x in (encoder_aux, decoder_aux) if x is not None), zero)
         if labels is not None:
             logits = outputs.logits
             result.lm_loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.to(logits.device).view(-1))

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from hf_vlp.layers import (
     MaskedLMHead,
@@ -24,16 +24,23 @@ from hf_vlp.layers import (
     RegionEmbeddings,
     TextEmbeddings,
     TransformerEncoder,
-    TransformerLayer,
     additive_attention_mask,
     check_visual_inputs,
     joint_padding_mask,
     mlp_classifier,
 )
-from hf_vlp.pretraining.losses import masked_cross_entropy, optimal_transport_distance, zero_loss
+from hf_vlp.layers import TransformerLayer as TransformerLayer  # named in `_no_split_modules`
+from hf_vlp.pretraining.losses import (
+    masked_cross_entropy,
+    optimal_transport_distance,
+    pair_loss,
+    region_feature_regression_loss,
+    region_kl_loss,
+    signed_alignment_loss,
+    soft_score_loss,
+)
 
 from .configuration_uniter import UniterConfig
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Outputs
@@ -72,9 +79,16 @@ class UniterForPreTrainingOutput(ModelOutput):
     wra_loss: torch.FloatTensor | None = None
     mlm_logits: torch.FloatTensor | None = None
     region_feature_predictions: torch.FloatTensor | None = None
-    region_class_logits: torch.FloatTensor | None = None
+    region_logits: torch.FloatTensor | None = None
     itm_logits: torch.FloatTensor | None = None
     ot_distances: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+    @property
+    def region_class_logits(self):
+        """Former name of `region_logits` (read by `hf_vlp.conversion.uniter`'s fixture check)."""
+        return self.region_logits
 
 
 @dataclass
@@ -140,24 +154,30 @@ class UniterModel(UniterPreTrainedModel):
         type_embeddings = self.embeddings.token_type_embeddings(visual_token_type_ids)
         return self.img_embeddings(visual_feats, visual_pos, type_embeddings, region_mask, visual_location_feats)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
         visual_feats=None,
         visual_pos=None,
+        attention_mask=None,
         visual_attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
         visual_token_type_ids=None,
         region_mask=None,
         visual_location_feats=None,
         inputs_embeds=None,
-        output_hidden_states=None,
         output_attentions=None,
+        output_hidden_states=None,
         return_dict=None,
-        **kwargs,
-    ):
+    ) -> UniterModelOutput:
+        r"""
+        visual_token_type_ids: (B, R) token types of the regions (default 1; NLVR2 gives the second image 2).
+        region_mask: (B, R) True at masked regions (masked region modelling): features zeroed, mask embedding added.
+        visual_location_feats: (B, R, 7) location vectors to use instead of those derived from `visual_pos`, for
+            inputs prepared by the original pipeline (its image DB rounds w and h to fp16 separately).
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of `input_ids` and `inputs_embeds`.")
         text_shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
@@ -168,8 +188,10 @@ class UniterModel(UniterPreTrainedModel):
             raise ValueError(
                 f"`region_mask` must be (batch, regions) = {tuple(visual_feats.shape[:2])}, got {tuple(region_mask.shape)}."
             )
-        output_hidden_states = output_hidden_states or self.config.output_hidden_states
-        output_attentions = output_attentions or self.config.output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
 
         text_embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
         visual_embeddings = self.embed_regions(
@@ -196,12 +218,7 @@ class UniterModel(UniterPreTrainedModel):
             hidden_states=all_hidden,
             attentions=all_attentions,
         )
-        return output if return_dict is not False else output.to_tuple()
-
-
-def _backbone_inputs(kwargs):
-    """The keyword arguments of `UniterModel.forward` a head passes through."""
-    return {k: v for k, v in kwargs.items() if v is not None}
+        return output
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -255,46 +272,49 @@ class UniterForPreTraining(UniterPreTrainedModel):
     def set_output_embeddings(self, new_embeddings):
         self.mlm_head.decoder = new_embeddings
 
+    @can_return_tuple
     def forward(
         self,
         input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
         visual_feats=None,
         visual_pos=None,
+        attention_mask=None,
         visual_attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
         visual_token_type_ids=None,
         region_mask=None,
+        visual_location_feats=None,
+        inputs_embeds=None,
         labels=None,
         region_feature_labels=None,
         region_class_labels=None,
         region_soft_labels=None,
         itm_labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
         return_dict=None,
-        **kwargs,
-    ):
+    ) -> UniterForPreTrainingOutput:
         needs_region_mask = any(x is not None for x in (region_feature_labels, region_class_labels, region_soft_labels))
         if needs_region_mask and region_mask is None:
             raise ValueError("masked region modelling labels were given without `region_mask` (B, R) marking the masked regions.")
         outputs = self.uniter(
-            **_backbone_inputs(
-                dict(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    token_type_ids=token_type_ids,
-                    position_ids=position_ids,
-                    visual_feats=visual_feats,
-                    visual_pos=visual_pos,
-                    visual_attention_mask=visual_attention_mask,
-                    visual_token_type_ids=visual_token_type_ids,
-                    region_mask=region_mask,
-                )
-            ),
-            **kwargs,
+            input_ids=input_ids,
+            visual_feats=visual_feats,
+            visual_pos=visual_pos,
+            attention_mask=attention_mask,
+            visual_attention_mask=visual_attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            visual_token_type_ids=visual_token_type_ids,
+            region_mask=region_mask,
+            visual_location_feats=visual_location_feats,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         config = self.config
-        result = UniterForPreTrainingOutput()
+        result = UniterForPreTrainingOutput(hidden_states=outputs.hidden_states, attentions=outputs.attentions)
         weighted = []
 
         if labels is not None:
@@ -316,17 +336,14 @@ class UniterForPreTraining(UniterPreTrainedModel):
                 result.region_feature_predictions = self.region_feature_head(
                     masked_hidden, self.uniter.img_embeddings.img_linear.weight
                 )
-                targets = region_feature_labels[masked].to(result.region_feature_predictions.dtype)
-                result.mrfr_loss = (
-                    F.mse_loss(result.region_feature_predictions.float(), targets.float())
-                    if masked.any()
-                    else zero_loss(result.region_feature_predictions)
+                result.mrfr_loss = region_feature_regression_loss(
+                    result.region_feature_predictions, region_feature_labels[masked]
                 )
                 weighted.append(config.mrfr_weight * result.mrfr_loss)
             if region_class_labels is not None or region_soft_labels is not None:
-                result.region_class_logits = self.region_class_head(masked_hidden)
+                result.region_logits = self.region_class_head(masked_hidden)
             if region_class_labels is not None:
-                result.mrc_loss = masked_cross_entropy(result.region_class_logits, region_class_labels[masked])
+                result.mrc_loss = masked_cross_entropy(result.region_logits, region_class_labels[masked])
                 weighted.append(config.mrc_weight * result.mrc_loss)
             if region_soft_labels is not None:
                 if region_soft_labels.shape[-1] != config.num_region_classes:
@@ -334,10 +351,7 @@ class UniterForPreTraining(UniterPreTrainedModel):
                         f"`region_soft_labels` has {region_soft_labels.shape[-1]} classes, the model "
                         f"num_region_classes={config.num_region_classes}."
                     )
-                # KL(detector distribution || predicted), summed over classes and averaged over masked regions
-                log_probs = F.log_softmax(result.region_class_logits.float(), dim=-1)
-                kl = F.kl_div(log_probs, region_soft_labels[masked].float(), reduction="none").sum(-1)
-                result.mrc_kl_loss = kl.mean() if masked.any() else zero_loss(log_probs)
+                result.mrc_kl_loss = region_kl_loss(result.region_logits, region_soft_labels[masked])
                 weighted.append(config.mrc_kl_weight * result.mrc_kl_loss)
 
         if itm_labels is not None:
@@ -350,7 +364,7 @@ class UniterForPreTraining(UniterPreTrainedModel):
 
         if weighted:
             result.loss = torch.stack(weighted).sum()
-        return result if return_dict is not False else result.to_tuple()
+        return result
 
     def word_region_alignment(self, outputs, itm_labels):
         """WRA: optimal-transport distances between text and region states; the loss pulls matching pairs
@@ -365,9 +379,7 @@ class UniterForPreTraining(UniterPreTrainedModel):
             beta=self.config.ot_beta,
             iterations=self.config.ot_iterations,
         )
-        sign = torch.where(itm_labels == 1, 1.0, torch.where(itm_labels == 0, -1.0, 0.0)).to(distances.dtype)
-        counted = (itm_labels >= 0).sum().clamp(min=1)
-        return distances, (distances * sign).sum() / counted
+        return distances, signed_alignment_loss(distances, itm_labels)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -375,41 +387,100 @@ class UniterForPreTraining(UniterPreTrainedModel):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class UniterForVisualQuestionAnswering(UniterPreTrainedModel):
-    """VQA as multi-label answer classification (`model/vqa.py`). `labels`: (B, num_labels) soft VQA scores;
-    loss = BCE-with-logits averaged over examples and summed over answers (the original's `mean() * num_answers`)."""
+class UniterTaskModel(UniterPreTrainedModel):
+    """Shared plumbing of the task heads: the backbone `uniter` and one forward. A head states what is its own:
+    `build_head(config)` (its modules), `predict(outputs)` (logits from the backbone outputs), `compute_loss(logits,
+    labels, outputs)`, and `encode(inputs)` where its inputs are laid out differently (NLVR2)."""
 
     def __init__(self, config: UniterConfig):
         super().__init__(config)
         self.uniter = UniterModel(config)
-        self.classifier = mlp_classifier(
-            config.hidden_size, 2 * config.hidden_size, config.num_labels, config.layer_norm_eps
-        )
+        self.build_head(config)
         self.post_init()
 
-    def compute_loss(self, logits, labels):
-        if labels.shape != logits.shape:
-            raise ValueError(f"`labels` must be soft answer scores of shape {tuple(logits.shape)}, got {tuple(labels.shape)}.")
-        return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="sum") / labels.shape[0]
+    def build_head(self, config):
+        raise NotImplementedError(f"{type(self).__name__} must define `build_head(config)`")
 
-    def forward(self, labels=None, return_dict=None, **inputs):
-        outputs = self.uniter(**inputs)
-        logits = self.classifier(outputs.pooler_output)
-        loss = self.compute_loss(logits, labels) if labels is not None else None
-        result = UniterTaskOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
-        return result if return_dict is not False else result.to_tuple()
+    def encode(self, inputs):
+        return self.uniter(**inputs)
+
+    def predict(self, outputs):
+        raise NotImplementedError
+
+    def compute_loss(self, logits, labels, outputs, **loss_kwargs):
+        raise NotImplementedError
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids=None,
+        visual_feats=None,
+        visual_pos=None,
+        attention_mask=None,
+        visual_attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        visual_location_feats=None,
+        inputs_embeds=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ) -> UniterTaskOutput:
+        r"""
+        Inputs as `UniterModel`. labels: the head's targets (see the class docstring); the loss is computed when
+        they are given.
+        """
+        inputs = dict(
+            input_ids=input_ids,
+            visual_feats=visual_feats,
+            visual_pos=visual_pos,
+            attention_mask=attention_mask,
+            visual_attention_mask=visual_attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            visual_location_feats=visual_location_feats,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        return self._task_forward(inputs, labels)
+
+    def _task_forward(self, inputs, labels, **loss_kwargs):
+        outputs = self.encode(inputs)
+        logits = self.predict(outputs)
+        has_targets = labels is not None or any(value is not None for value in loss_kwargs.values())
+        loss = self.compute_loss(logits, labels, outputs, **loss_kwargs) if has_targets else None
+        return UniterTaskOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+
+
+class UniterForVisualQuestionAnswering(UniterTaskModel):
+    """VQA as multi-label answer classification (`model/vqa.py`). `labels`: (B, num_labels) soft VQA scores (or (B,)
+    answer ids); loss = BCE-with-logits averaged over examples and summed over answers (the original's
+    `mean() * num_answers`)."""
+
+    def build_head(self, config):
+        self.classifier = mlp_classifier(config.hidden_size, 2 * config.hidden_size, config.num_labels, config.layer_norm_eps)
+
+    def predict(self, outputs):
+        return self.classifier(outputs.pooler_output)
+
+    def compute_loss(self, logits, labels, outputs):
+        return soft_score_loss(logits, labels, scaling="num_answers")
 
 
 class UniterForVisualEntailment(UniterForVisualQuestionAnswering):
     """SNLI-VE: the VQA head with 3 classes (`model/ve.py`), trained with cross-entropy over
-    {entailment, neutral, contradiction}. `labels`: (B,) class ids, or (B, 3) soft targets."""
+    {entailment, neutral, contradiction}. `labels`: (B,) class ids, or (B, 3) class probabilities."""
 
-    def compute_loss(self, logits, labels):
+    def compute_loss(self, logits, labels, outputs):
         return F.cross_entropy(logits.float(), labels if labels.dim() == 1 else labels.float())
 
 
-class AttentionPool(nn.Module):
-    """Softmax-weighted sum of a sequence, scores from a GELU'd linear layer (`model/attention.py` of the original)."""
+class SoftmaxSequencePool(nn.Module):
+    """Softmax-weighted sum of a sequence, scores from a GELU'd linear layer (`AttentionPool` in `model/attention.py`
+    of the original; renamed so that transformers' attention-interface check does not take it for an attention
+    layer)."""
 
     def __init__(self, hidden_size):
         super().__init__()
@@ -420,85 +491,68 @@ class AttentionPool(nn.Module):
         return (scores.softmax(dim=-1).unsqueeze(1) @ hidden_states).squeeze(1)
 
 
-class UniterForVisualReasoning(UniterPreTrainedModel):
+class UniterForVisualReasoning(UniterTaskModel):
     """NLVR2: one statement, two images, a true/false label (`model/nlvr2.py`).
 
     Inputs: text (B, T) and two images stacked on dim 1: `visual_feats` (B, 2, R, D), `visual_pos` (B, 2, R, 4),
-    `visual_attention_mask` (B, 2, R). `config.nlvr2_head`:
+    `visual_attention_mask` (B, 2, R) (and `visual_location_feats` (B, 2, R, 7)). `config.nlvr2_head`:
       * "paired": text+image1 and text+image2 encoded separately, pooled outputs concatenated -> 2 classes.
       * "paired-attn": as paired, then each sequence attends to the other, attention-pooled, concatenated.
       * "triplet": one sequence text + image1 (type 1) + image2 (type 2), pooled -> 2 classes.
     Image 2 gets token type 2 (the original's `use_img_type`), so `type_vocab_size` must be >= 3.
-    `labels`: (B,) 1 = statement true.
+    `labels`: (B,) 1 = statement true. Hidden states (on request) are those of the 2B (paired) or B (triplet) rows.
     """
 
-    def __init__(self, config: UniterConfig):
-        super().__init__(config)
+    def build_head(self, config):
         if config.type_vocab_size < 3:
             raise ValueError("NLVR2 gives the second image token type 2: set `type_vocab_size` >= 3.")
-        self.uniter = UniterModel(config)
         hidden = config.hidden_size
-        if config.nlvr2_head == "triplet":
-            self.classifier = nn.Linear(hidden, 2)
-        else:
-            self.classifier = nn.Linear(2 * hidden, 2)
+        self.classifier = nn.Linear(hidden if config.nlvr2_head == "triplet" else 2 * hidden, 2)
         if config.nlvr2_head == "paired-attn":
             heads, dropout = config.num_attention_heads, config.attention_probs_dropout_prob
             self.attn1 = nn.MultiheadAttention(hidden, heads, dropout=dropout)
             self.attn2 = nn.MultiheadAttention(hidden, heads, dropout=dropout)
             self.fc = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.Tanh(), nn.Dropout(config.hidden_dropout_prob))
-            self.attn_pool = AttentionPool(hidden)
-        self.post_init()
+            self.attn_pool = SoftmaxSequencePool(hidden)
 
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        visual_feats=None,
-        visual_pos=None,
-        visual_attention_mask=None,
-        labels=None,
-        return_dict=None,
-        **inputs,
-    ):
+    def encode(self, inputs):
+        visual_feats = inputs["visual_feats"]
         if visual_feats is None or visual_feats.dim() != 4 or visual_feats.shape[1] != 2:
             shape = None if visual_feats is None else tuple(visual_feats.shape)
             raise ValueError(f"`visual_feats` must hold two images per example: (batch, 2, regions, dim), got {shape}.")
         batch, _, regions, _ = visual_feats.shape
-        if visual_attention_mask is None:
-            visual_attention_mask = visual_feats.new_ones(batch, 2, regions, dtype=torch.long)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+        text = inputs["input_ids"] if inputs["input_ids"] is not None else inputs["inputs_embeds"]
+        inputs = dict(inputs)
+        if inputs["visual_attention_mask"] is None:
+            inputs["visual_attention_mask"] = visual_feats.new_ones(batch, 2, regions, dtype=torch.long)
+        if inputs["attention_mask"] is None:
+            inputs["attention_mask"] = torch.ones(text.shape[:2], dtype=torch.long, device=text.device)
         image_types = torch.tensor([1, 2], device=visual_feats.device)
         if self.config.nlvr2_head == "triplet":
-            outputs = self.uniter(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                visual_feats=visual_feats.flatten(1, 2),
-                visual_pos=visual_pos.flatten(1, 2),
-                visual_attention_mask=visual_attention_mask.flatten(1, 2),
-                visual_token_type_ids=image_types.repeat_interleave(regions).expand(batch, -1),
-                **inputs,
-            )
-            logits = self.classifier(outputs.pooler_output)
-        else:
-            # each statement twice, once per image: rows (ex0 img1, ex0 img2, ex1 img1, ...)
-            outputs = self.uniter(
-                input_ids=input_ids.repeat_interleave(2, dim=0),
-                attention_mask=attention_mask.repeat_interleave(2, dim=0),
-                visual_feats=visual_feats.flatten(0, 1),
-                visual_pos=visual_pos.flatten(0, 1),
-                visual_attention_mask=visual_attention_mask.flatten(0, 1),
-                visual_token_type_ids=image_types.repeat(batch)[:, None].expand(-1, regions),
-                **{k: v.repeat_interleave(2, dim=0) if torch.is_tensor(v) else v for k, v in inputs.items()},
-            )
-            if self.config.nlvr2_head == "paired":
-                logits = self.classifier(outputs.pooler_output.view(batch, -1))
+            joint = {k: v.flatten(1, 2) if k.startswith("visual_") and v is not None else v for k, v in inputs.items()}
+            joint["visual_token_type_ids"] = image_types.repeat_interleave(regions).expand(batch, -1)
+            return self.uniter(**joint)
+        # each statement twice, once per image: rows (ex0 img1, ex0 img2, ex1 img1, ...)
+        paired = {}
+        for name, value in inputs.items():
+            if not torch.is_tensor(value):
+                paired[name] = value
+            elif name.startswith("visual_"):
+                paired[name] = value.flatten(0, 1)
             else:
-                logits = self.classifier(self._paired_attention(outputs.last_hidden_state, outputs.attention_mask))
-        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
-        result = UniterTaskOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
-        return result if return_dict is not False else result.to_tuple()
+                paired[name] = value.repeat_interleave(2, dim=0)
+        paired["visual_token_type_ids"] = image_types.repeat(batch)[:, None].expand(-1, regions)
+        return self.uniter(**paired)
+
+    def predict(self, outputs):
+        if self.config.nlvr2_head == "triplet":
+            return self.classifier(outputs.pooler_output)
+        if self.config.nlvr2_head == "paired":
+            return self.classifier(outputs.pooler_output.view(-1, 2 * outputs.pooler_output.shape[-1]))
+        return self.classifier(self._paired_attention(outputs.last_hidden_state, outputs.attention_mask))
+
+    def compute_loss(self, logits, labels, outputs):
+        return masked_cross_entropy(logits, labels)
 
     def _paired_attention(self, sequence, joint_mask):
         batch2, length, hidden = sequence.shape
@@ -513,9 +567,9 @@ class UniterForVisualReasoning(UniterPreTrainedModel):
         return torch.cat([self.attn_pool(left, left_pad), self.attn_pool(right, right_pad)], dim=-1)
 
 
-class UniterForImageTextRetrieval(UniterPreTrainedModel):
+class UniterForImageTextRetrieval(UniterTaskModel):
     """Image-text retrieval (`model/itm.py`): a scalar matching score per (text, image) pair from `rank_head`
-    (initialised from the positive row of the ITM head, as the original's `init_output`).
+    (initialised from the positive row of the ITM head, as the original's `init_output`). `logits`: (B,).
 
     Training, either:
       * `labels` (B,) 1/0 match: binary cross-entropy on the score;
@@ -523,55 +577,76 @@ class UniterForImageTextRetrieval(UniterPreTrainedModel):
         loss `max(0, margin + sigmoid(s_neg) - sigmoid(s_pos))`, averaged.
     """
 
-    def __init__(self, config: UniterConfig):
-        super().__init__(config)
-        self.uniter = UniterModel(config)
+    def build_head(self, config):
         self.itm_head = nn.Linear(config.hidden_size, 2)
         self.rank_head = nn.Linear(config.hidden_size, 1)
-        self.post_init()
 
     def init_rank_head_from_itm(self):
         with torch.no_grad():
             self.rank_head.weight.copy_(self.itm_head.weight[1:])
             self.rank_head.bias.copy_(self.itm_head.bias[1:])
 
-    def forward(self, labels=None, group_size=None, return_dict=None, **inputs):
-        outputs = self.uniter(**inputs)
-        logits = self.rank_head(outputs.pooler_output).squeeze(-1)
-        loss = None
-        if labels is not None:
-            loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-        elif group_size is not None:
-            group_size = int(group_size)
-            if logits.shape[0] % group_size:
-                raise ValueError(f"batch size {logits.shape[0]} is not a multiple of `group_size`={group_size}.")
-            scores = torch.sigmoid(logits.float()).view(-1, group_size)
-            loss = (self.config.retrieval_margin + scores[:, 1:] - scores[:, :1]).clamp(min=0).mean()
-        result = UniterTaskOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
-        return result if return_dict is not False else result.to_tuple()
+    def predict(self, outputs):
+        return self.rank_head(outputs.pooler_output).squeeze(-1)
+
+    def compute_loss(self, logits, labels, outputs, group_size=None):
+        return pair_loss(logits, labels, group_size, objective="hinge", margin=self.config.retrieval_margin)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids=None,
+        visual_feats=None,
+        visual_pos=None,
+        attention_mask=None,
+        visual_attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        visual_location_feats=None,
+        inputs_embeds=None,
+        labels=None,
+        group_size=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ) -> UniterTaskOutput:
+        r"""
+        labels: (B,) 1 = the text matches the image (BCE), or with `group_size` the positive of each group.
+        group_size: rows come in groups of this size, the positive first; hinge loss over each group.
+        """
+        inputs = dict(
+            input_ids=input_ids,
+            visual_feats=visual_feats,
+            visual_pos=visual_pos,
+            attention_mask=attention_mask,
+            visual_attention_mask=visual_attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            visual_location_feats=visual_location_feats,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        return self._task_forward(inputs, labels, group_size=group_size)
 
 
-class UniterForReferringExpression(UniterPreTrainedModel):
+class UniterForReferringExpression(UniterTaskModel):
     """Referring expressions (`model/re.py`): a score per region; `labels` (B,) index of the referred region.
-    Padded regions get the dtype's lowest score."""
+    Padded regions get the dtype's lowest score. `logits`: (B, R)."""
 
-    def __init__(self, config: UniterConfig):
-        super().__init__(config)
-        self.uniter = UniterModel(config)
+    def build_head(self, config):
         if config.referring_head_layers == 1:
             self.region_scorer = nn.Linear(config.hidden_size, 1)
         else:
             self.region_scorer = mlp_classifier(config.hidden_size, config.hidden_size, 1, config.layer_norm_eps)
-        self.post_init()
 
-    def forward(self, labels=None, return_dict=None, **inputs):
-        outputs = self.uniter(**inputs)
+    def predict(self, outputs):
         logits = self.region_scorer(outputs.visual_hidden_state).squeeze(-1)
         text_len = outputs.text_hidden_state.shape[1]
-        logits = logits.masked_fill(outputs.attention_mask[:, text_len:] == 0, torch.finfo(logits.dtype).min)
-        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
-        result = UniterTaskOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
-        return result if return_dict is not False else result.to_tuple()
+        return logits.masked_fill(outputs.attention_mask[:, text_len:] == 0, torch.finfo(logits.dtype).min)
+
+    def compute_loss(self, logits, labels, outputs):
+        return masked_cross_entropy(logits, labels)
 
 
 __all__ = [

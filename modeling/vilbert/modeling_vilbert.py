@@ -6,7 +6,7 @@ stream, co-attention connection layers), `BertForMultiModalPreTraining` (masked 
 alignment) and `VILBertForVLTasks` (the task heads of 12-in-1, with task tokens). Numbers match the original to
 fp32 rounding on the fixture in `shared/fixtures/vilbert` (see `hf_vlp.conversion.vilbert`).
 
-Layout: the text stream runs BERT layers (`encoder.layer`), the visual stream `StreamLayer`s sized by the `v_` fields
+Layout: the text stream runs BERT layers (`encoder.layer`), the visual stream the same layers sized by the `v_` fields
 (`encoder.v_layer`), and `CoAttentionLayer`s (`encoder.c_layer`) exchange keys/values between them on the schedule
 given by `v_biattention_id` / `t_biattention_id`. The pooled outputs (first token / first region, Linear + ReLU) are
 fused by element-wise product and feed the sentence-level heads.
@@ -19,11 +19,10 @@ that `VilbertProcessor` adds, as the original data loaders do.
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from hf_vlp.layers import (
     MaskedLMHead,
@@ -35,11 +34,19 @@ from hf_vlp.layers import (
     check_visual_inputs,
     mlp_classifier,
 )
-from hf_vlp.layers.coattention import CoAttentionLayer, StreamLayer, StreamSpec
-from hf_vlp.pretraining.losses import masked_cross_entropy, zero_loss
+from hf_vlp.layers.coattention import CoAttentionLayer, StreamSpec
+from hf_vlp.pretraining.losses import (
+    classification_loss,
+    masked_cross_entropy,
+    pair_loss,
+    region_feature_regression_loss,
+    region_kl_loss,
+    region_nce_loss,
+    region_selection_loss,
+    soft_score_loss,
+)
 
 from .configuration_vilbert import VilbertConfig
-
 
 # LoRA preset: the query / value projections of the text layers, the visual layers and both directions of every
 # co-attention layer (`peft.LoraConfig(target_modules=LORA_TARGET_MODULES)`).
@@ -99,14 +106,25 @@ class VilbertForPreTrainingOutput(ModelOutput):
     itm_logits: torch.FloatTensor | None = None
     text_hidden_state: torch.FloatTensor | None = None
     visual_hidden_state: torch.FloatTensor | None = None
+    text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    visual_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    text_attentions: tuple[torch.FloatTensor, ...] | None = None
+    visual_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[tuple[torch.FloatTensor, torch.FloatTensor], ...] | None = None
 
 
 @dataclass
 class VilbertTaskOutput(ModelOutput):
+    """`loss` when labels are given, the head's `logits`, and on request each stream's hidden states and attentions
+    (`VilbertModelOutput` names)."""
+
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     visual_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    text_attentions: tuple[torch.FloatTensor, ...] | None = None
+    visual_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[tuple[torch.FloatTensor, torch.FloatTensor], ...] | None = None
 
 
 @dataclass
@@ -128,6 +146,11 @@ class VilbertMultiTaskOutput(ModelOutput):
     itm_logits: torch.FloatTensor | None = None
     text_hidden_state: torch.FloatTensor | None = None
     visual_hidden_state: torch.FloatTensor | None = None
+    text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    visual_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    text_attentions: tuple[torch.FloatTensor, ...] | None = None
+    visual_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[tuple[torch.FloatTensor, torch.FloatTensor], ...] | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -149,19 +172,7 @@ class VilbertTextEmbeddings(TextEmbeddings):
         )
 
     def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None, task_ids=None):
-        if inputs_embeds is None:
-            inputs_embeds = self.word_embeddings(input_ids)
-        length = inputs_embeds.shape[1]
-        if length > self.position_embeddings.num_embeddings:
-            raise ValueError(
-                f"`input_ids` has {length} tokens, more than max_position_embeddings="
-                f"{self.position_embeddings.num_embeddings}."
-            )
-        if position_ids is None:
-            position_ids = torch.arange(length, device=inputs_embeds.device)[None]
-        if token_type_ids is None:
-            token_type_ids = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-        embeddings = inputs_embeds + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
+        embeddings = self.summed(input_ids, token_type_ids, position_ids, inputs_embeds)
         if self.task_embeddings is not None:
             task = self.task_embeddings(task_ids.view(-1, 1)).to(embeddings.dtype)
             embeddings = torch.cat([embeddings[:, :1], task, embeddings[:, 1:]], dim=1)
@@ -188,18 +199,6 @@ class VilbertRegionEmbeddings(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 # Encoder
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def text_stream(config):
-    """The text stream's sizes (BERT names of the config)."""
-    return StreamSpec(
-        config.hidden_size,
-        config.num_attention_heads,
-        config.intermediate_size,
-        config.hidden_act,
-        config.hidden_dropout_prob,
-        config.attention_probs_dropout_prob,
-    )
 
 
 def visual_stream(config):
@@ -238,9 +237,9 @@ class VilbertEncoder(nn.Module):
     def __init__(self, config):
         super().__init__()
         eps = config.layer_norm_eps
-        text, visual = text_stream(config), visual_stream(config)
+        text, visual = StreamSpec.from_config(config), visual_stream(config)
         self.layer = nn.ModuleList(TransformerLayer(config) for _ in range(config.num_hidden_layers))
-        self.v_layer = nn.ModuleList(StreamLayer(config, visual, eps) for _ in range(config.v_num_hidden_layers))
+        self.v_layer = nn.ModuleList(TransformerLayer(config, visual, eps) for _ in range(config.v_num_hidden_layers))
         self.c_layer = nn.ModuleList(
             CoAttentionLayer(config, text, visual, config.bi_hidden_size, config.bi_num_attention_heads, eps)
             for _ in config.v_biattention_id
@@ -298,7 +297,6 @@ class VilbertPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = False
     _no_split_modules = [
         "TransformerLayer",
-        "StreamLayer",
         "CoAttentionLayer",
         "VilbertTextEmbeddings",
         "VilbertRegionEmbeddings",
@@ -380,23 +378,23 @@ class VilbertModel(VilbertPreTrainedModel):
             )
         return task_ids.view(batch)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
         visual_feats=None,
         visual_pos=None,
+        attention_mask=None,
         visual_attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
         task_ids=None,
         region_mask=None,
         inputs_embeds=None,
-        output_hidden_states=None,
         output_attentions=None,
+        output_hidden_states=None,
         return_dict=None,
-        **kwargs,
-    ):
+    ) -> VilbertModelOutput:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of `input_ids` and `inputs_embeds`.")
         text_shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
@@ -452,7 +450,7 @@ class VilbertModel(VilbertPreTrainedModel):
             output.text_pooler_output = self.t_pooler(text)
             output.visual_pooler_output = self.v_pooler(visual)
             output.pooler_output = fuse_pooled(output.text_pooler_output, output.visual_pooler_output, self.config)
-        return output if return_dict is not False else output.to_tuple()
+        return output
 
 
 def fuse_pooled(text_pooled, visual_pooled, config):
@@ -521,23 +519,28 @@ class VilbertForPreTraining(VilbertPreTrainedModel):
     def set_output_embeddings(self, new_embeddings):
         self.mlm_head.decoder = new_embeddings
 
+    @can_return_tuple
     def forward(
         self,
         input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
         visual_feats=None,
         visual_pos=None,
+        attention_mask=None,
         visual_attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        task_ids=None,
         region_mask=None,
+        inputs_embeds=None,
         labels=None,
         region_soft_labels=None,
         region_class_labels=None,
         region_feature_labels=None,
         itm_labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
         return_dict=None,
-        **kwargs,
-    ):
+    ) -> VilbertForPreTrainingOutput:
         config = self.config
         region_labels = {
             "region_soft_labels": region_soft_labels,
@@ -561,18 +564,22 @@ class VilbertForPreTraining(VilbertPreTrainedModel):
 
         outputs = self._encode(
             input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
             visual_feats=visual_feats,
             visual_pos=visual_pos,
+            attention_mask=attention_mask,
             visual_attention_mask=visual_attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            task_ids=task_ids,
             region_mask=region_mask,
-            **kwargs,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         text_states = token_states(outputs, config)
         visual_states = outputs.visual_hidden_state
         result = VilbertForPreTrainingOutput(
-            text_hidden_state=outputs.text_hidden_state, visual_hidden_state=visual_states
+            text_hidden_state=outputs.text_hidden_state, visual_hidden_state=visual_states, **stream_outputs(outputs)
         )
         weighted = []
 
@@ -601,28 +608,17 @@ class VilbertForPreTraining(VilbertPreTrainedModel):
 
         if weighted:
             result.loss = torch.stack(weighted).sum()
-        return result if return_dict is not False else result.to_tuple()
+        return result
 
     def _region_loss(self, predictions, targets, masked, visual_attention_mask):
         target = self.config.visual_target
-        if not masked.any():
-            return zero_loss(predictions)
-        predictions = predictions.float()
         if target == "kl":
-            # original: KLDivLoss(log_softmax(pred), target) summed over classes / number of masked regions
-            kl = F.kl_div(F.log_softmax(predictions, dim=-1), targets[masked].float(), reduction="none")
-            return kl.sum(-1).mean()
+            return region_kl_loss(predictions, targets[masked])
         if target == "classification":
             return masked_cross_entropy(predictions, targets[masked])
         if target == "regression":
-            return F.mse_loss(predictions, targets[masked].float())
-        # nce: score against every valid region's feature in the batch; the positive is the region itself
-        valid = torch.ones_like(masked) if visual_attention_mask is None else visual_attention_mask.bool()
-        candidates = targets[valid].float()  # (N_valid, D)
-        scores = predictions @ candidates.t()  # (N_masked, N_valid)
-        position_in_valid = torch.cumsum(valid.view(-1).long(), 0) - 1
-        positives = position_in_valid[masked.view(-1)]
-        return F.cross_entropy(scores, positives)
+            return region_feature_regression_loss(predictions, targets[masked])
+        return region_nce_loss(predictions, targets, masked, visual_attention_mask)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -631,56 +627,11 @@ class VilbertForPreTraining(VilbertPreTrainedModel):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def soft_score_loss(logits, labels, num_classes):
-    """VQA / GQA: BCE-with-logits averaged over examples and summed over answers (original `loss.mean() *
-    num_answers`). `labels`: (B, A) soft scores, or (B,) answer ids (one-hot)."""
-    if labels.dim() == 1 and not labels.is_floating_point():
-        labels = F.one_hot(labels, num_classes)
-    if labels.shape != logits.shape:
-        raise ValueError(f"`labels` must be soft answer scores of shape {tuple(logits.shape)} or answer ids (batch,), got {tuple(labels.shape)}.")
-    return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="sum") / labels.shape[0]
-
-
-def class_loss(logits, labels):
-    """Class ids (B,) -> cross-entropy; soft / one-hot targets (B, C) -> BCE-with-logits mean (the original's NLVR2
-    and SNLI-VE loss)."""
-    if labels.dim() == 1:
-        return F.cross_entropy(logits.float(), labels.long())
-    if labels.shape != logits.shape:
-        raise ValueError(f"`labels` must be class ids (batch,) or targets of shape {tuple(logits.shape)}, got {tuple(labels.shape)}.")
-    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-
-
 def masked_region_scores(scores, visual_attention_mask):
     """(B, R) region scores with padded regions at the dtype's lowest value (the original adds -10000)."""
     if visual_attention_mask is None:
         return scores
     return scores.masked_fill(visual_attention_mask == 0, torch.finfo(scores.dtype).min)
-
-
-def region_loss(scores, labels, visual_attention_mask):
-    """Referring expressions: `labels` (B,) index of the referred region -> cross-entropy over regions; or (B, R)
-    soft targets (e.g. IoU >= 0.5 with the gold box) -> BCE summed over valid regions / B (original `mean() * R`)."""
-    if labels.dim() == 1:
-        return F.cross_entropy(scores.float(), labels.long())
-    if labels.shape != scores.shape:
-        raise ValueError(f"`labels` must be region indices (batch,) or targets of shape {tuple(scores.shape)}, got {tuple(labels.shape)}.")
-    loss = F.binary_cross_entropy_with_logits(scores.float(), labels.float(), reduction="none")
-    if visual_attention_mask is not None:
-        loss = loss * visual_attention_mask.to(loss.dtype)
-    return loss.sum() / labels.shape[0]
-
-
-def pair_loss(scores, labels=None, group_size=None):
-    """Retrieval scores (B,): `labels` 1/0 -> BCE-with-logits; or `group_size` K: rows come in groups of K with the
-    positive first, cross-entropy over each group (original retrieval / VCR loss)."""
-    if labels is not None:
-        return F.binary_cross_entropy_with_logits(scores.float(), labels.float())
-    group_size = int(group_size)
-    if scores.shape[0] % group_size:
-        raise ValueError(f"batch size {scores.shape[0]} is not a multiple of `group_size`={group_size}.")
-    grouped = scores.float().view(-1, group_size)
-    return F.cross_entropy(grouped, grouped.new_zeros(grouped.shape[0], dtype=torch.long))
 
 
 def pair_inputs(inputs):
@@ -724,9 +675,25 @@ def choice_inputs(inputs):
     return flat, choices
 
 
+def stream_outputs(outputs):
+    """The per-layer fields of a `VilbertModelOutput` that every head passes on."""
+    return {
+        "text_hidden_states": outputs.text_hidden_states,
+        "visual_hidden_states": outputs.visual_hidden_states,
+        "text_attentions": outputs.text_attentions,
+        "visual_attentions": outputs.visual_attentions,
+        "cross_attentions": outputs.cross_attentions,
+    }
+
+
 class VilbertTaskModel(VilbertPreTrainedModel):
     """Shared plumbing of the task heads: the backbone (named by `base_model_prefix`, built by `backbone_class`,
-    so variants such as ERNIE-ViL reuse the heads) + the dropout applied to pooled / sequence features."""
+    so variants such as ERNIE-ViL reuse the heads), the dropout applied to pooled / sequence features, one forward.
+
+    A head states what is its own: `build_head(config)` (its modules), `prepare_inputs` (e.g. NLVR2 pairs, multiple
+    choice), `predict(outputs, inputs)` (logits) and `compute_loss(logits, labels, inputs)`. The multi-task model
+    runs the same methods on its own modules.
+    """
 
     backbone_class = VilbertModel
 
@@ -734,54 +701,96 @@ class VilbertTaskModel(VilbertPreTrainedModel):
         super().__init__(config)
         setattr(self, self.base_model_prefix, self.backbone_class(config))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.build_head(config)
+        self.post_init()
 
-    def _output(self, loss, logits, outputs, return_dict):
-        result = VilbertTaskOutput(
-            loss=loss,
-            logits=logits,
-            text_hidden_states=outputs.text_hidden_states,
-            visual_hidden_states=outputs.visual_hidden_states,
+    def build_head(self, config):
+        raise NotImplementedError(f"{type(self).__name__} must define `build_head(config)`")
+
+    def prepare_inputs(self, inputs):
+        """Backbone inputs from the head's inputs; returns (inputs, layout) where layout is passed to `predict`."""
+        return inputs, None
+
+    def predict(self, outputs, inputs, layout):
+        raise NotImplementedError
+
+    def compute_loss(self, logits, labels, inputs, **loss_kwargs):
+        raise NotImplementedError
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids=None,
+        visual_feats=None,
+        visual_pos=None,
+        attention_mask=None,
+        visual_attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        task_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ) -> VilbertTaskOutput:
+        r"""
+        Inputs as `VilbertModel`; `task_ids` default to the head's task token for models with task tokens.
+        labels: the head's targets (see the class docstring); the loss is computed when they are given.
+        """
+        inputs = dict(
+            input_ids=input_ids,
+            visual_feats=visual_feats,
+            visual_pos=visual_pos,
+            attention_mask=attention_mask,
+            visual_attention_mask=visual_attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            task_ids=task_ids,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
-        return result if return_dict is not False else result.to_tuple()
+        return self._task_forward(inputs, labels)
+
+    def _task_forward(self, inputs, labels, task_name=None, **loss_kwargs):
+        inputs, layout = self.prepare_inputs(inputs)
+        outputs = self._encode(task_name, **inputs)
+        logits = self.predict(outputs, inputs, layout)
+        has_targets = labels is not None or any(value is not None for value in loss_kwargs.values())
+        loss = self.compute_loss(logits, labels, inputs, **loss_kwargs) if has_targets else None
+        return VilbertTaskOutput(loss=loss, logits=logits, **stream_outputs(outputs))
 
 
 class VilbertForVisualQuestionAnswering(VilbertTaskModel):
     """VQA (12-in-1 `vil_prediction`): GELU-LayerNorm MLP on the fused pooled vector to `config.num_labels` answers
-    (3129 for VQA v2). `labels`: (B, num_labels) soft VQA scores or (B,) answer ids; BCE as the original."""
+    (3129 for VQA v2). `labels`: (B, num_labels) soft VQA scores or (B,) answer ids; BCE summed over answers and
+    averaged over examples, as the original."""
 
     task_name = "vqa"
 
-    def __init__(self, config: VilbertConfig):
-        super().__init__(config)
-        self.vqa_classifier = mlp_classifier(
-            config.bi_hidden_size, 2 * config.bi_hidden_size, config.num_labels, config.layer_norm_eps
-        )
-        self.post_init()
+    def build_head(self, config):
+        bi = config.bi_hidden_size
+        self.vqa_classifier = mlp_classifier(bi, 2 * bi, config.num_labels, config.layer_norm_eps)
 
-    def forward(self, labels=None, return_dict=None, **inputs):
-        outputs = self._encode(**inputs)
-        logits = self.vqa_classifier(self.dropout(outputs.pooler_output))
-        loss = soft_score_loss(logits, labels, self.config.num_labels) if labels is not None else None
-        return self._output(loss, logits, outputs, return_dict)
+    def predict(self, outputs, inputs, layout):
+        return self.vqa_classifier(self.dropout(outputs.pooler_output))
+
+    def compute_loss(self, logits, labels, inputs):
+        return soft_score_loss(logits, labels, scaling="num_answers")
 
 
-class VilbertForGQA(VilbertTaskModel):
+class VilbertForGQA(VilbertForVisualQuestionAnswering):
     """GQA (12-in-1 `vil_prediction_gqa`): the VQA head with `config.gqa_num_labels` (1533) answers."""
 
     task_name = "gqa"
 
-    def __init__(self, config: VilbertConfig):
-        super().__init__(config)
-        self.gqa_classifier = mlp_classifier(
-            config.bi_hidden_size, 2 * config.bi_hidden_size, config.gqa_num_labels, config.layer_norm_eps
-        )
-        self.post_init()
+    def build_head(self, config):
+        bi = config.bi_hidden_size
+        self.gqa_classifier = mlp_classifier(bi, 2 * bi, config.gqa_num_labels, config.layer_norm_eps)
 
-    def forward(self, labels=None, return_dict=None, **inputs):
-        outputs = self._encode(**inputs)
-        logits = self.gqa_classifier(self.dropout(outputs.pooler_output))
-        loss = soft_score_loss(logits, labels, self.config.gqa_num_labels) if labels is not None else None
-        return self._output(loss, logits, outputs, return_dict)
+    def predict(self, outputs, inputs, layout):
+        return self.gqa_classifier(self.dropout(outputs.pooler_output))
 
 
 class VilbertForImageTextRetrieval(VilbertTaskModel):
@@ -791,16 +800,51 @@ class VilbertForImageTextRetrieval(VilbertTaskModel):
 
     task_name = "retrieval"
 
-    def __init__(self, config: VilbertConfig):
-        super().__init__(config)
+    def build_head(self, config):
         self.pair_scorer = nn.Linear(config.bi_hidden_size, 1)
-        self.post_init()
 
-    def forward(self, labels=None, group_size=None, return_dict=None, **inputs):
-        outputs = self._encode(**inputs)
-        logits = self.pair_scorer(self.dropout(outputs.pooler_output)).squeeze(-1)
-        loss = pair_loss(logits, labels, group_size) if labels is not None or group_size is not None else None
-        return self._output(loss, logits, outputs, return_dict)
+    def predict(self, outputs, inputs, layout):
+        return self.pair_scorer(self.dropout(outputs.pooler_output)).squeeze(-1)
+
+    def compute_loss(self, logits, labels, inputs, group_size=None):
+        return pair_loss(logits, labels, group_size, objective="softmax")
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids=None,
+        visual_feats=None,
+        visual_pos=None,
+        attention_mask=None,
+        visual_attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        task_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        group_size=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ) -> VilbertTaskOutput:
+        r"""
+        labels: (B,) 1 = the text matches the image (BCE), or with `group_size` the positive of each group.
+        group_size: rows come in groups of this size, the positive first; softmax cross-entropy over each group.
+        """
+        inputs = dict(
+            input_ids=input_ids,
+            visual_feats=visual_feats,
+            visual_pos=visual_pos,
+            attention_mask=attention_mask,
+            visual_attention_mask=visual_attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            task_ids=task_ids,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        return self._task_forward(inputs, labels, group_size=group_size)
 
 
 class VilbertForMultipleChoice(VilbertTaskModel):
@@ -811,17 +855,17 @@ class VilbertForMultipleChoice(VilbertTaskModel):
 
     task_name = "vcr"
 
-    def __init__(self, config: VilbertConfig):
-        super().__init__(config)
+    def build_head(self, config):
         self.pair_scorer = nn.Linear(config.bi_hidden_size, 1)
-        self.post_init()
 
-    def forward(self, labels=None, return_dict=None, **inputs):
-        flat, choices = choice_inputs(inputs)
-        outputs = self._encode(**flat)
-        logits = self.pair_scorer(self.dropout(outputs.pooler_output)).view(-1, choices)
-        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
-        return self._output(loss, logits, outputs, return_dict)
+    def prepare_inputs(self, inputs):
+        return choice_inputs(inputs)
+
+    def predict(self, outputs, inputs, layout):
+        return self.pair_scorer(self.dropout(outputs.pooler_output)).view(-1, layout)
+
+    def compute_loss(self, logits, labels, inputs):
+        return masked_cross_entropy(logits, labels)
 
 
 class VilbertForVisualReasoning(VilbertTaskModel):
@@ -834,19 +878,19 @@ class VilbertForVisualReasoning(VilbertTaskModel):
 
     task_name = "nlvr2"
 
-    def __init__(self, config: VilbertConfig):
-        super().__init__(config)
-        self.nlvr2_classifier = mlp_classifier(
-            2 * config.bi_hidden_size, 2 * config.bi_hidden_size, 2, config.layer_norm_eps
-        )
-        self.post_init()
+    def build_head(self, config):
+        bi = config.bi_hidden_size
+        self.nlvr2_classifier = mlp_classifier(2 * bi, 2 * bi, 2, config.layer_norm_eps)
 
-    def forward(self, labels=None, return_dict=None, **inputs):
-        outputs = self._encode(**pair_inputs(inputs))
+    def prepare_inputs(self, inputs):
+        return pair_inputs(inputs), None
+
+    def predict(self, outputs, inputs, layout):
         pooled = self.dropout(outputs.pooler_output)
-        logits = self.nlvr2_classifier(pooled.view(-1, 2 * pooled.shape[-1]))
-        loss = class_loss(logits, labels) if labels is not None else None
-        return self._output(loss, logits, outputs, return_dict)
+        return self.nlvr2_classifier(pooled.view(-1, 2 * pooled.shape[-1]))
+
+    def compute_loss(self, logits, labels, inputs):
+        return classification_loss(logits, labels)
 
 
 class VilbertForVisualEntailment(VilbertTaskModel):
@@ -855,16 +899,14 @@ class VilbertForVisualEntailment(VilbertTaskModel):
 
     task_name = "entailment"
 
-    def __init__(self, config: VilbertConfig):
-        super().__init__(config)
+    def build_head(self, config):
         self.entailment_classifier = nn.Linear(config.bi_hidden_size, len(config.entailment_labels))
-        self.post_init()
 
-    def forward(self, labels=None, return_dict=None, **inputs):
-        outputs = self._encode(**inputs)
-        logits = self.entailment_classifier(self.dropout(outputs.pooler_output))
-        loss = class_loss(logits, labels) if labels is not None else None
-        return self._output(loss, logits, outputs, return_dict)
+    def predict(self, outputs, inputs, layout):
+        return self.entailment_classifier(self.dropout(outputs.pooler_output))
+
+    def compute_loss(self, logits, labels, inputs):
+        return classification_loss(logits, labels)
 
 
 class VilbertForReferringExpression(VilbertTaskModel):
@@ -874,27 +916,37 @@ class VilbertForReferringExpression(VilbertTaskModel):
 
     task_name = "refexp"
 
-    def __init__(self, config: VilbertConfig):
-        super().__init__(config)
+    def build_head(self, config):
         self.region_scorer = nn.Linear(config.v_hidden_size, 1)
-        self.post_init()
 
-    def forward(self, labels=None, return_dict=None, **inputs):
-        outputs = self._encode(**inputs)
-        mask = inputs.get("visual_attention_mask")
-        logits = masked_region_scores(self.region_scorer(self.dropout(outputs.visual_hidden_state)).squeeze(-1), mask)
-        loss = region_loss(logits, labels, mask) if labels is not None else None
-        return self._output(loss, logits, outputs, return_dict)
+    def predict(self, outputs, inputs, layout):
+        scores = self.region_scorer(self.dropout(outputs.visual_hidden_state)).squeeze(-1)
+        return masked_region_scores(scores, inputs.get("visual_attention_mask"))
+
+    def compute_loss(self, logits, labels, inputs):
+        return region_selection_loss(logits, labels, inputs.get("visual_attention_mask"))
 
 
-MULTI_TASK_HEADS = ("vqa", "gqa", "retrieval", "vcr", "nlvr2", "entailment", "refexp")
+# the single-task class whose inputs, logits and loss each task of the multi-task model uses
+MULTI_TASK_HEADS = {
+    head.task_name: head
+    for head in (
+        VilbertForVisualQuestionAnswering,
+        VilbertForGQA,
+        VilbertForImageTextRetrieval,
+        VilbertForMultipleChoice,
+        VilbertForVisualReasoning,
+        VilbertForVisualEntailment,
+        VilbertForReferringExpression,
+    )
+}
 
 
 class VilbertForMultiTask(VilbertPreTrainedModel):
     """The 12-in-1 multi-task model (`VILBertForVLTasks`): one backbone (with task tokens) and every task head.
 
-    `forward(task=None, **inputs)` returns every head's output like the original (NLVR2 from consecutive row pairs
-    when the batch is even). `forward(task=name, labels=..., **inputs)` runs one task with the inputs and loss of
+    `forward(task=None, ...)` returns every head's output like the original (NLVR2 from consecutive row pairs
+    when the batch is even). `forward(task=name, labels=..., ...)` runs one task with the inputs and loss of
     the matching single-task class (`vqa`, `gqa`, `retrieval`, `vcr`, `nlvr2`, `entailment`, `refexp`); `task_ids`
     default to `config.task_token_ids[task]`. 12-in-1 trains by cycling through the tasks, one task per batch
     (`examples/vilbert_multitask.py`).
@@ -927,11 +979,47 @@ class VilbertForMultiTask(VilbertPreTrainedModel):
     def set_output_embeddings(self, new_embeddings):
         self.mlm_head.decoder = new_embeddings
 
-    def forward(self, task=None, labels=None, group_size=None, return_dict=None, **inputs):
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids=None,
+        visual_feats=None,
+        visual_pos=None,
+        attention_mask=None,
+        visual_attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        task_ids=None,
+        inputs_embeds=None,
+        task=None,
+        labels=None,
+        group_size=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ) -> VilbertMultiTaskOutput:
+        r"""
+        task: one of `vqa`, `gqa`, `retrieval`, `vcr`, `nlvr2`, `entailment`, `refexp` to run that task's head (with
+            its inputs layout and loss), or None for every head's output on one batch.
+        labels / group_size: the chosen task's targets, as the single-task class takes them.
+        """
+        inputs = dict(
+            input_ids=input_ids,
+            visual_feats=visual_feats,
+            visual_pos=visual_pos,
+            attention_mask=attention_mask,
+            visual_attention_mask=visual_attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            task_ids=task_ids,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         if task is not None:
-            return self._task_forward(task, labels, group_size, return_dict, inputs)
-        if self.config.task_specific_tokens and inputs.get("task_ids") is None:
-            raise ValueError("pass `task_ids` (batch,) or `task=` (one of %s)" % (MULTI_TASK_HEADS,))
+            return self._single_task(task, inputs, labels, group_size)
+        if self.config.task_specific_tokens and task_ids is None:
+            raise ValueError(f"pass `task_ids` (batch,) or `task=` (one of {tuple(MULTI_TASK_HEADS)})")
         outputs = self.vilbert(**inputs)
         pooled = self.dropout(outputs.pooler_output)
         result = VilbertMultiTaskOutput(
@@ -940,8 +1028,7 @@ class VilbertForMultiTask(VilbertPreTrainedModel):
             pair_scores=self.pair_scorer(pooled).squeeze(-1),
             entailment_logits=self.entailment_classifier(pooled),
             region_scores=masked_region_scores(
-                self.region_scorer(self.dropout(outputs.visual_hidden_state)).squeeze(-1),
-                inputs.get("visual_attention_mask"),
+                self.region_scorer(self.dropout(outputs.visual_hidden_state)).squeeze(-1), visual_attention_mask
             ),
             token_scores=self.token_scorer(self.dropout(outputs.text_hidden_state)).squeeze(-1),
             mlm_logits=self.mlm_head(outputs.text_hidden_state),
@@ -949,57 +1036,33 @@ class VilbertForMultiTask(VilbertPreTrainedModel):
             itm_logits=self.itm_head(pooled),
             text_hidden_state=outputs.text_hidden_state,
             visual_hidden_state=outputs.visual_hidden_state,
+            **stream_outputs(outputs),
         )
         if pooled.shape[0] % 2 == 0:
             result.nlvr2_logits = self.nlvr2_classifier(pooled.view(-1, 2 * pooled.shape[-1]))
-        return result if return_dict is not False else result.to_tuple()
+        return result
 
-    def _task_forward(self, task, labels, group_size, return_dict, inputs):
-        if task not in MULTI_TASK_HEADS:
-            raise ValueError(f"`task` must be one of {MULTI_TASK_HEADS}, got {task!r}")
+    def _single_task(self, task, inputs, labels, group_size):
+        """One task through the single-task class's own steps, on this model's modules (same names)."""
+        head = MULTI_TASK_HEADS.get(task)
+        if head is None:
+            raise ValueError(f"`task` must be one of {tuple(MULTI_TASK_HEADS)}, got {task!r}")
         if self.config.task_specific_tokens and inputs.get("task_ids") is None:
             if task not in self.config.task_token_ids:
                 raise ValueError(f"config.task_token_ids has no entry for task {task!r}: pass `task_ids`.")
-        loss = None
-        if task == "nlvr2":
-            outputs = self._encode(task, **pair_inputs(inputs))
-            pooled = self.dropout(outputs.pooler_output)
-            logits = self.nlvr2_classifier(pooled.view(-1, 2 * pooled.shape[-1]))
-            loss = class_loss(logits, labels) if labels is not None else None
-        elif task == "vcr":
-            flat, choices = choice_inputs(inputs)
-            outputs = self._encode(task, **flat)
-            logits = self.pair_scorer(self.dropout(outputs.pooler_output)).view(-1, choices)
-            loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
-        else:
-            outputs = self._encode(task, **inputs)
-            pooled = self.dropout(outputs.pooler_output)
-            if task == "vqa":
-                logits = self.vqa_classifier(pooled)
-                loss = soft_score_loss(logits, labels, self.config.num_labels) if labels is not None else None
-            elif task == "gqa":
-                logits = self.gqa_classifier(pooled)
-                loss = soft_score_loss(logits, labels, self.config.gqa_num_labels) if labels is not None else None
-            elif task == "retrieval":
-                logits = self.pair_scorer(pooled).squeeze(-1)
-                if labels is not None or group_size is not None:
-                    loss = pair_loss(logits, labels, group_size)
-            elif task == "entailment":
-                logits = self.entailment_classifier(pooled)
-                loss = class_loss(logits, labels) if labels is not None else None
-            else:  # refexp
-                mask = inputs.get("visual_attention_mask")
-                logits = masked_region_scores(
-                    self.region_scorer(self.dropout(outputs.visual_hidden_state)).squeeze(-1), mask
-                )
-                loss = region_loss(logits, labels, mask) if labels is not None else None
-        result = VilbertMultiTaskOutput(
+        loss_kwargs = {"group_size": group_size} if head is VilbertForImageTextRetrieval else {}
+        inputs, layout = head.prepare_inputs(self, inputs)
+        outputs = self._encode(task, **inputs)
+        logits = head.predict(self, outputs, inputs, layout)
+        has_targets = labels is not None or group_size is not None
+        loss = head.compute_loss(self, logits, labels, inputs, **loss_kwargs) if has_targets else None
+        return VilbertMultiTaskOutput(
             loss=loss,
             logits=logits,
             text_hidden_state=outputs.text_hidden_state,
             visual_hidden_state=outputs.visual_hidden_state,
+            **stream_outputs(outputs),
         )
-        return result if return_dict is not False else result.to_tuple()
 
 
 __all__ = [

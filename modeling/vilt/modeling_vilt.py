@@ -18,14 +18,18 @@ match the original within 4e-6 and train as they are.
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import ViltConfig, ViltForImageAndTextRetrieval, ViltModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.vilt.modeling_vilt import ViltMLMHead, ViltPreTrainedModel
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
-from hf_vlp.pretraining.losses import masked_cross_entropy, optimal_transport_distance
+from hf_vlp.pretraining.losses import (
+    masked_cross_entropy,
+    optimal_transport_distance,
+    pair_loss,
+    signed_alignment_loss,
+)
 
 # Default LoRA targets (PEFT `LoraConfig(target_modules=...)`): query/key/value of every layer of the single-stream
 # encoder, which serves text and image patches alike, and the patch projection (the vision "tower" of ViLT is just
@@ -47,7 +51,7 @@ class ViltForPreTrainingOutput(ModelOutput):
     mlm_loss, itm_loss, wpa_loss: each objective's loss (None when its labels were not given).
     mlm_logits: (n_masked, vocab_size) scores at the positions where `labels != -100`.
     itm_logits: (B, 2) image-text matching scores (index 1 = match).
-    wpa_distances: (B,) word-patch optimal-transport distances (when `itm_labels` are given).
+    ot_distances: (B,) word-patch optimal-transport distances (when `itm_labels` are given; UNITER's name).
     """
 
     loss: torch.Tensor | None = None
@@ -56,11 +60,16 @@ class ViltForPreTrainingOutput(ModelOutput):
     wpa_loss: torch.Tensor | None = None
     mlm_logits: torch.Tensor | None = None
     itm_logits: torch.Tensor | None = None
-    wpa_distances: torch.Tensor | None = None
+    ot_distances: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
     pooler_output: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor] | None = None
     attentions: tuple[torch.Tensor] | None = None
+
+    @property
+    def wpa_distances(self):
+        """Former name of `ot_distances`."""
+        return self.ot_distances
 
 
 class ViltITMHead(nn.Module):
@@ -128,6 +137,7 @@ class ViltForPreTraining(ViltPreTrainedModel):
     def set_output_embeddings(self, new_embeddings):
         self.mlm_score.decoder = new_embeddings
 
+    @can_return_tuple
     def forward(
         self,
         input_ids=None,
@@ -137,14 +147,13 @@ class ViltForPreTraining(ViltPreTrainedModel):
         pixel_mask=None,
         inputs_embeds=None,
         image_embeds=None,
+        image_token_type_idx=None,
         labels=None,
         itm_labels=None,
-        image_token_type_idx=None,
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
-        **kwargs,
-    ):
+    ) -> ViltForPreTrainingOutput:
         if labels is not None and input_ids is not None and labels.shape != input_ids.shape:
             raise ValueError(
                 f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}"
@@ -171,7 +180,7 @@ class ViltForPreTraining(ViltPreTrainedModel):
         itm_logits = self.itm_score(pooled_output)
 
         losses = {}
-        mlm_logits = wpa_distances = None
+        mlm_logits = ot_distances = None
         if labels is not None:
             masked = labels != -100
             mlm_logits = self.mlm_score(sequence_output[:, :text_length][masked])
@@ -180,24 +189,22 @@ class ViltForPreTraining(ViltPreTrainedModel):
             if itm_labels.shape != (itm_logits.shape[0],):
                 raise ValueError(f"itm_labels must have shape ({itm_logits.shape[0]},), got {tuple(itm_labels.shape)}")
             itm_labels = itm_labels.long()
-            losses["itm_loss"] = F.cross_entropy(itm_logits.float(), itm_labels)
+            losses["itm_loss"] = masked_cross_entropy(itm_logits, itm_labels)
             wpa_weight = getattr(self.config, "wpa_weight", DEFAULT_WPA_WEIGHT)
             if wpa_weight:
-                wpa_distances = word_patch_alignment(
+                ot_distances = word_patch_alignment(
                     sequence_output,
                     captured["mask"],
                     text_length,
                     getattr(self.config, "ot_beta", DEFAULT_OT_BETA),
                     getattr(self.config, "ot_iterations", DEFAULT_OT_ITERATIONS),
                 )
-                signed = torch.where(itm_labels == 1, wpa_distances, -wpa_distances)
-                losses["wpa_loss"] = wpa_weight * signed.sum() / itm_labels.shape[0]
-        loss = sum(losses.values()) if losses else None
+                losses["wpa_loss"] = wpa_weight * signed_alignment_loss(ot_distances, itm_labels)
         return ViltForPreTrainingOutput(
-            loss=loss,
+            loss=sum(losses.values()) if losses else None,
             mlm_logits=mlm_logits,
             itm_logits=itm_logits,
-            wpa_distances=wpa_distances,
+            ot_distances=ot_distances,
             last_hidden_state=sequence_output,
             pooler_output=pooled_output,
             hidden_states=outputs.hidden_states,
@@ -223,24 +230,46 @@ class ViltForImageTextRetrieval(ViltForImageAndTextRetrieval):
             self.rank_output.weight.copy_(itm_fc.weight[1:2])
             self.rank_output.bias.copy_(itm_fc.bias[1:2])
 
-    def forward(self, labels=None, group_size=None, return_dict=None, **inputs):
-        outputs = super().forward(return_dict=True, **inputs)
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        pixel_values=None,
+        pixel_mask=None,
+        inputs_embeds=None,
+        image_embeds=None,
+        labels=None,
+        group_size=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ) -> SequenceClassifierOutput:
+        r"""
+        labels: (B,) 1 = the text matches the image; with groups, the one match of each group.
+        group_size: rows come in groups of this size (default `config.retrieval_group_size`); softmax cross-entropy
+            over each group's scores. Without groups: binary cross-entropy.
+        """
+        outputs = super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            pixel_values=pixel_values,
+            pixel_mask=pixel_mask,
+            inputs_embeds=inputs_embeds,
+            image_embeds=image_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
         logits = outputs.logits
         loss = None
         if labels is not None:
             if labels.shape != (logits.shape[0],):
                 raise ValueError(f"labels must have shape ({logits.shape[0]},), got {tuple(labels.shape)}")
             group_size = group_size or getattr(self.config, "retrieval_group_size", None)
-            scores = logits[:, 0].float()
-            if group_size:
-                if scores.shape[0] % group_size:
-                    raise ValueError(f"batch size {scores.shape[0]} is not a multiple of group_size={group_size}")
-                grouped_labels = labels.view(-1, group_size)
-                if not (grouped_labels.sum(dim=1) == 1).all():
-                    raise ValueError("with group_size, every group of labels must contain exactly one 1 (the match)")
-                loss = F.cross_entropy(scores.view(-1, group_size), grouped_labels.argmax(dim=1))
-            else:
-                loss = F.binary_cross_entropy_with_logits(scores, labels.float())
+            loss = pair_loss(logits[:, 0], labels, group_size or None, objective="softmax")
         return SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )

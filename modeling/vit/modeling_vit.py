@@ -13,6 +13,7 @@ from torch import nn
 from transformers import ViTConfig, ViTModel
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.models.vit.modeling_vit import ViTPreTrainedModel
+from transformers.utils import can_return_tuple
 
 # Default LoRA targets (PEFT `LoraConfig(target_modules=...)`) of transformers 5 ViT: the attention projections of
 # every layer. Train the new classifier fully with `modules_to_save=LORA_MODULES_TO_SAVE`. Works with gradient
@@ -43,8 +44,23 @@ class ViTForImageClassificationWithRepresentation(ViTPreTrainedModel):
         self.classifier = nn.Linear(representation_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 
-    def forward(self, pixel_values=None, labels=None, interpolate_pos_encoding=None, **kwargs):
-        outputs = self.vit(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values=None,
+        labels=None,
+        interpolate_pos_encoding=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ) -> ImageClassifierOutput:
+        r"""labels: (B,) class ids (or (B, num_labels) targets), with transformers' classification loss."""
+        outputs = self.vit(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         logits = self.classifier(outputs.pooler_output)
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
         return ImageClassifierOutput(
