@@ -64,7 +64,7 @@ def register_adapter(*model_types: str):
 
 
 class CptAdapter:
-    """What CPT needs from a masked-LM VL model. Inputs use hf_vlp's vocabulary (DESIGN.md): `input_ids`,
+    """What CPT needs from a masked-LM VL model. Inputs use hf_vlp's vocabulary (docs/design.md): `input_ids`,
     `attention_mask`, `token_type_ids` (B, T), `visual_feats` (B, R, D), `visual_pos` (B, R, 4) normalized boxes,
     `visual_attention_mask` (B, R)."""
 
@@ -149,13 +149,19 @@ def adapter_for(model) -> CptAdapter:
     """The registered `CptAdapter` of a model (by `config.model_type`), or the model itself if it is one."""
     if isinstance(model, CptAdapter):
         return model
+    from .registry import ARCHITECTURES
+    from .spec import resolve
+
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in ADAPTERS:
+    # an adapter registered by hand wins; else the architecture spec's `cpt_adapter`
+    by_spec = {spec.model_type: spec.cpt_adapter for spec in ARCHITECTURES.values() if spec.cpt_adapter}
+    if model_type not in ADAPTERS and model_type not in by_spec:
         raise ValueError(
-            f"no CPT adapter for model_type {model_type!r} ({type(model).__name__}); registered: {sorted(ADAPTERS)}. "
-            "Write a `CptAdapter` subclass and decorate it with `@register_adapter('<model_type>')`."
+            f"no CPT adapter for model_type {model_type!r} ({type(model).__name__}); "
+            f"registered: {sorted(set(ADAPTERS) | set(by_spec))}. Write a `CptAdapter` subclass and name it in the "
+            "architecture's spec (`cpt_adapter`) or decorate it with `@register_adapter('<model_type>')`."
         )
-    return ADAPTERS[model_type](model)
+    return (ADAPTERS.get(model_type) or resolve(by_spec[model_type]))(model)
 
 
 # ------------------------------------------------------------------------------------------------------------------
