@@ -3,7 +3,7 @@
 `import hf_vlp` reads every architecture's spec (`hf_vlp.ARCHITECTURES`, no modeling code is imported) and enters
 them lazily into the transformers Auto classes: `AutoModel*.from_pretrained` resolves hf_vlp's model types, and
 imports an architecture's code on first use. What transformers returns for its own model types is unchanged unless
-you call `hf_vlp.use_hf_vlp_classes_for_transformers_models()` (docs/design.md, "Registration with transformers").
+you call `hf_vlp.use_hf_vlp_classes_for_transformers_models()` (docs/design.md, "Auto classes").
 """
 
 __version__ = "0.1.0"

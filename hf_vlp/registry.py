@@ -11,7 +11,7 @@ first lookup, in the spirit of transformers' own `_LazyModule`:
 * `use_hf_vlp_classes_for_transformers_models()` is the one opt-in that makes transformers' Auto classes return
   hf_vlp's fixed subclasses for transformers' own model types (`Head.opt_in_auto_classes`).
 
-See docs/design.md, "Registration with transformers".
+See docs/design.md, "Auto classes".
 """
 
 from __future__ import annotations

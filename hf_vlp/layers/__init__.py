@@ -1,4 +1,4 @@
-"""Building blocks written once and shared by every architecture (DESIGN.md, "Layout")."""
+"""Building blocks written once and shared by every architecture (docs/design.md, "Layout")."""
 
 from .attention import AttentionBlock, MultiHeadAttention, ResidualOutput, eager_attention_forward
 from .coattention import CoAttentionLayer, StreamAttention, StreamLayer, StreamSpec
