@@ -110,8 +110,8 @@ def run_benchmark(
     train_gflops = 3 * forward_flops / train_seconds / 1e9
     infer_gflops = forward_flops / infer_seconds / 1e9
     result = {
-        "arch": arch, "task": task.value, "sizes": sizes, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-        "batch_size": batch_size,
+        "arch": arch, "task": task.value, "sizes": sizes, "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""), "batch_size": batch_size,
         "train_examples_per_s": batch_size / train_seconds, "infer_examples_per_s": batch_size / infer_seconds,
         "train_gflops": train_gflops, "infer_gflops": infer_gflops, "matmul_gflops": matmul,
         "train_fraction_of_matmul": train_gflops / matmul, "infer_fraction_of_matmul": infer_gflops / matmul,

@@ -98,7 +98,7 @@ def model_card(model, base_model=None, datasets=None, conversion=None, results=N
     elif spec.inputs is InputKind.PIXELS:
         reads_text = spec.vocab_size_field is not None
         call = f"inputs = processor(images=[image]{', text=[text]' if reads_text else ''}, return_tensors='pt')\n"
-        described = f"Inputs: RGB images (the processor resizes and normalizes them){' and text' if reads_text else ''}.\n"
+        described = "Inputs: RGB images (the processor resizes and normalizes them)" + (" and text" * reads_text) + ".\n"
     else:
         call = "inputs = processor(text=[text], return_tensors='pt')\n"
         described = "Inputs: text.\n"

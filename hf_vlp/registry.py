@@ -27,7 +27,7 @@ from .spec import ArchitectureSpec, names_class, resolve
 
 # architecture name -> spec
 ARCHITECTURES: dict[str, ArchitectureSpec] = {}
-# architecture package -> the exception that stopped reading its SPECS (reported as a warning; tests assert it stays empty)
+# architecture package -> the exception that stopped reading its SPECS (a warning; tests assert it stays empty)
 FAILED_ARCHITECTURES: dict[str, Exception] = {}
 
 
@@ -44,7 +44,8 @@ def spec_for_model_type(model_type: str) -> ArchitectureSpec:
         if spec.model_type == model_type:
             return spec
     raise ValueError(
-        f"no hf_vlp architecture has model_type {model_type!r}; known: {sorted(s.model_type for s in ARCHITECTURES.values())}"
+        f"no hf_vlp architecture has model_type {model_type!r}; "
+        f"known: {sorted(spec.model_type for spec in ARCHITECTURES.values())}"
     )
 
 

@@ -127,6 +127,9 @@ class Head:
         object.__setattr__(self, "config_overrides", _frozen(self.config_overrides))
         object.__setattr__(self, "processor_kwargs", _frozen(self.processor_kwargs))
 
+    def __hash__(self):  # the mapping fields are read-only views, which do not hash
+        return hash((self.model, self.auto_classes, self.opt_in_auto_classes))
+
 
 @dataclass(frozen=True)
 class ArchitectureSpec:
@@ -142,7 +145,8 @@ class ArchitectureSpec:
         the image processor registered with AutoImageProcessor (None: none, or transformers' own).
     feature_size_field: config field holding the region feature size (`visual_feat_dim`, VisualBERT's
         `visual_embedding_dim`, ViLBERT's `v_feature_size`); required for region models.
-    vocab_size_field: config field of the text vocabulary size; dots reach sub-configs ("text_config.vocab_size").
+    vocab_size_field: config field of the text vocabulary size; dots reach sub-configs ("text_config.vocab_size");
+        None for a model that reads no text (ViT).
     region_classes_field: config field of the number of detector classes a region-classification objective predicts.
     small_sizes: config overrides of a small model that trains in minutes on a CPU (recipes, bench, tests). Values
         may be dicts for sub-configs ({"text_config": {...}}).
@@ -195,7 +199,9 @@ class ArchitectureSpec:
         for task, head in heads.items():
             for auto_name in head.auto_classes + head.opt_in_auto_classes:
                 if claimed.setdefault(auto_name, task) is not task:
-                    raise ValueError(f"{self.name}: {auto_name} is claimed by both {claimed[auto_name].value!r} and {task.value!r}")
+                    raise ValueError(
+                        f"{self.name}: {auto_name} is claimed by both {claimed[auto_name].value!r} and {task.value!r}"
+                    )
         set_("heads", _frozen(heads))
         for name in ("config", "processor", "image_processor", "example_inputs", "cpt_adapter", "pretraining_collator"):
             set_(name, _absolute(getattr(self, name), self.package))
@@ -206,10 +212,15 @@ class ArchitectureSpec:
         try:
             re.compile(self.lora_target_modules)
         except (re.error, TypeError) as error:
-            raise ValueError(f"{self.name}: `lora_target_modules` must be a regex, got {self.lora_target_modules!r}: {error}") from None
+            raise ValueError(
+                f"{self.name}: `lora_target_modules` must be a regex, got {self.lora_target_modules!r}: {error}"
+            ) from None
         set_("small_sizes", _frozen(copy.deepcopy(dict(self.small_sizes))))
         set_("lora_modules_to_save", tuple(self.lora_modules_to_save))
         set_("pretraining_objectives", tuple(self.pretraining_objectives))
+
+    def __hash__(self):  # the mapping fields are read-only views, which do not hash
+        return hash((self.name, self.model_type, self.config))
 
     # ---- reading the spec ---------------------------------------------------------------------------------------
 

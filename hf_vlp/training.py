@@ -48,7 +48,7 @@ def run_pretraining(args, training_args):
 
     spec = get_spec(args.arch)
     if spec.pretraining_collator is None:
-        raise ValueError(f"{args.arch!r} has no shapes-world pretraining recipe (its spec names no pretraining_collator)")
+        raise ValueError(f"{args.arch!r} has no shapes-world pretraining recipe (its spec has no pretraining_collator)")
     train = shapes_dataset("captions", num_images=args.num_images, split="train")
     tokenizer = shapes_tokenizer()
     processor = build_processor(args.arch, tokenizer)

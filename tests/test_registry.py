@@ -206,7 +206,9 @@ def test_bench_builds_inputs_and_trains_every_architecture(arch, monkeypatch):
 
     monkeypatch.setattr(bench, "_matmul_gflops", lambda dtype, device: 1.0)  # the 2048^3 reference is not under test
     lines = []
-    result = bench.run_benchmark(arch, batch_size=2, steps=1, sizes="small", text_length=8, regions=4, print_fn=lines.append)
+    result = bench.run_benchmark(
+        arch, batch_size=2, steps=1, sizes="small", text_length=8, regions=4, print_fn=lines.append
+    )
     assert result["task"] == hf_vlp.get_spec(arch).bench_task.value
     assert result["train_examples_per_s"] > 0 and result["train_gflops"] > 0 and len(lines) == len(result)
 
@@ -257,7 +259,8 @@ def test_lora_preset_is_one_regex_that_selects_the_intended_modules(arch):
     if legacy is not None:
         assert selected == _peft_selects(legacy, names), arch
     peft_model = get_peft_model(
-        model, LoraConfig(r=2, target_modules=spec.lora_target_modules, modules_to_save=list(spec.lora_modules_to_save) or None)
+        model,
+        LoraConfig(r=2, target_modules=spec.lora_target_modules, modules_to_save=list(spec.lora_modules_to_save) or None),
     )
     assert sum(1 for name, _ in peft_model.named_modules() if name.endswith("lora_A")) == len(selected)
 

@@ -53,14 +53,18 @@ SPECS = (
                 auto_classes=("AutoModelForPreTraining",),
                 pipeline_tag="zero-shot-image-classification",
             ),
-            Task.BASE: Head(_M + "CLIPResNetModel", auto_classes=("AutoModel",), pipeline_tag="zero-shot-image-classification"),
+            Task.BASE: Head(
+                _M + "CLIPResNetModel", auto_classes=("AutoModel",), pipeline_tag="zero-shot-image-classification"
+            ),
         },
         inputs=InputKind.PIXELS,
         # also makes `AutoProcessor` resolve a saved `CLIPOriginalProcessor` by name, for ViT CLIP folders too
         processor=".processing_clip.CLIPOriginalProcessor",
         image_processor="transformers.CLIPImageProcessorPil",
         vocab_size_field="text_config.vocab_size",
-        small_sizes=dict(text_config=_SMALL_TEXT, vision_config=dict(layers=[1, 1, 1, 1], width=16, image_size=64), projection_dim=64),
+        small_sizes=dict(
+            text_config=_SMALL_TEXT, vision_config=dict(layers=[1, 1, 1, 1], width=16, image_size=64), projection_dim=64
+        ),
         lora_target_modules=r"(.*\.)?(q_proj|k_proj|v_proj|out_proj|c_proj)",
         example_inputs=".inputs_clip.example_inputs",
         bench_task=Task.RETRIEVAL,

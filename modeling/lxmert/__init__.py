@@ -37,7 +37,9 @@ SPECS = (
         feature_size_field="visual_feat_dim",
         region_classes_field="num_object_labels",
         # LXMERT counts its layers per stack: language, cross-modality, relational (visual)
-        small_sizes=dict(hidden_size=128, num_attention_heads=4, intermediate_size=256, l_layers=3, x_layers=2, r_layers=2),
+        small_sizes=dict(
+            hidden_size=128, num_attention_heads=4, intermediate_size=256, l_layers=3, x_layers=2, r_layers=2
+        ),
         lora_target_modules=r"(.*\.)?(query|key|value|visn_fc\.visn_fc)",
         pretraining_collator=".collator_lxmert.LxmertPretrainingCollator",
         pretraining_objectives=("mlm", "itm", "obj", "attr", "feat", "qa"),

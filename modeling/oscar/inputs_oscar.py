@@ -31,7 +31,8 @@ def example_inputs(config, task, batch_size=2, *, text_length=8, regions=5, seed
     elif task is Task.RETRIEVAL:
         inputs["labels"] = rand.classes(batch_size, 2, rng)
     elif task is Task.NLVR2:  # `num_choices` (text, image) pairs per example on dim 1
-        pairs = [inputs] + [_one_image(config, batch_size, text_length, regions, rng) for _ in range(config.num_choices - 1)]
+        others = [_one_image(config, batch_size, text_length, regions, rng) for _ in range(config.num_choices - 1)]
+        pairs = [inputs] + others
         inputs = {name: torch.stack([p[name] for p in pairs], dim=1) for name in inputs}
         inputs["labels"] = rand.classes(batch_size, config.num_labels, rng)
     elif task is Task.CAPTIONING:  # mask caption words (segment 0) and predict them

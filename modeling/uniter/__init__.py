@@ -13,7 +13,9 @@ SPECS = (
         package=__name__,
         config=".configuration_uniter.UniterConfig",
         heads={
-            Task.BASE: Head(".modeling_uniter.UniterModel", auto_classes=("AutoModel",), pipeline_tag="feature-extraction"),
+            Task.BASE: Head(
+                ".modeling_uniter.UniterModel", auto_classes=("AutoModel",), pipeline_tag="feature-extraction"
+            ),
             Task.PRETRAINING: Head(
                 ".modeling_uniter.UniterForPreTraining",
                 auto_classes=("AutoModelForPreTraining",),

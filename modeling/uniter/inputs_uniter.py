@@ -11,7 +11,9 @@ def example_inputs(config, task, batch_size=2, *, text_length=8, regions=5, seed
     inputs.update(rand.regions(batch_size, regions, config.visual_feat_dim, rng))
     task = Task(task)
     if task is Task.PRETRAINING:
-        inputs.update(labels=rand.masked_lm_labels(input_ids, attention_mask, rng), itm_labels=rand.classes(batch_size, 2, rng))
+        inputs.update(
+            labels=rand.masked_lm_labels(input_ids, attention_mask, rng), itm_labels=rand.classes(batch_size, 2, rng)
+        )
     elif task is Task.VQA:
         inputs["labels"] = rand.soft_scores(batch_size, config.num_labels, rng)
     elif task is Task.ENTAILMENT:

@@ -15,7 +15,9 @@ def example_inputs(config, task, batch_size=2, *, text_length=8, regions=5, seed
     inputs["visual_pos"][:, 0] = inputs["visual_pos"].new_tensor([0.0, 0.0, 1.0, 1.0])  # the whole-image region
     task = Task(task)
     if task is Task.PRETRAINING:
-        inputs.update(labels=rand.masked_lm_labels(input_ids, attention_mask, rng), itm_labels=rand.classes(batch_size, 2, rng))
+        inputs.update(
+            labels=rand.masked_lm_labels(input_ids, attention_mask, rng), itm_labels=rand.classes(batch_size, 2, rng)
+        )
     elif task in (Task.VQA, Task.MULTITASK):
         inputs["labels"] = rand.soft_scores(batch_size, config.num_labels, rng)
         if task is Task.MULTITASK:

@@ -7,7 +7,9 @@ submodules on first access so that reading the specs imports no modeling code.
 
 from hf_vlp.spec import ArchitectureSpec, Head, InputKind, Task, lazy_exports
 
-_SMALL = dict(hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256, image_size=32, patch_size=8)
+_SMALL = dict(
+    hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256, image_size=32, patch_size=8
+)
 
 SPECS = (
     ArchitectureSpec(
@@ -17,7 +19,9 @@ SPECS = (
         config="transformers.ViTConfig",
         heads={
             Task.CLASSIFICATION: Head(
-                "transformers.ViTForImageClassification", pipeline_tag="image-classification", num_labels_field="num_labels"
+                "transformers.ViTForImageClassification",
+                pipeline_tag="image-classification",
+                num_labels_field="num_labels",
             ),
             Task.BASE: Head("transformers.ViTModel", pipeline_tag="image-feature-extraction"),
         },
