@@ -6,7 +6,8 @@ import time
 
 import torch
 
-from .registry import ARCHITECTURES
+from .registry import get_spec
+from .spec import Task
 
 
 def _matmul_gflops(dtype, device, size=2048, repeats=5):
@@ -21,35 +22,66 @@ def _matmul_gflops(dtype, device, size=2048, repeats=5):
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def _batch(config, batch_size, text_len=40, regions=36, device="cpu"):
-    return dict(
-        input_ids=torch.randint(1, config.vocab_size, (batch_size, text_len), device=device),
-        attention_mask=torch.ones(batch_size, text_len, dtype=torch.long, device=device),
-        visual_feats=torch.rand(batch_size, regions, config.visual_feat_dim, device=device),
-        visual_pos=torch.tensor([0.1, 0.1, 0.6, 0.7], device=device).expand(batch_size, regions, 4).contiguous(),
-    )
+def _to(value, device):
+    """`value` (tensors inside dicts / tuples / lists) on `device`."""
+    if torch.is_tensor(value):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {key: _to(v, device) for key, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to(v, device) for v in value)
+    return value
 
 
-def run_benchmark(arch="uniter", batch_size=32, steps=10, bf16=False, sizes="base", print_fn=print):
-    """Times `steps` VQA training steps (fused AdamW, bf16 autocast if asked) and inference forwards."""
-    info = ARCHITECTURES[arch]
-    config = info["config"]() if sizes == "base" else info["config"](
-        hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024
-    )
+def _forward_flops(model, batch):
+    """FLOPs of one forward pass, counted by torch's FlopCounterMode (matmuls, convolutions, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(**batch)
+    return counter.get_total_flops()
+
+
+def bench_config(arch, sizes="base", task=None):
+    """The config `hf-vlp bench` builds: the released base model's (`sizes="base"`, the config class defaults) or
+    the spec's small sizes (`"small"`), with what the timed head needs (`Head.config_overrides`)."""
+    spec = get_spec(arch)
+    head = spec.head(task or spec.bench_task)
+    if sizes == "base":
+        return spec.config_class(**head.config_overrides)
+    if sizes == "small":
+        from .recipes import build_config
+
+        return build_config(arch, **head.config_overrides)
+    raise ValueError(f"`sizes` must be 'base' or 'small', got {sizes!r}")
+
+
+def run_benchmark(
+    arch="uniter", batch_size=32, steps=10, bf16=False, sizes="base", task=None, text_length=40, regions=36,
+    print_fn=print,
+):
+    """Times `steps` training steps of `arch`'s `task` head (default: the spec's `bench_task`; fused AdamW, bf16
+    autocast if asked) and inference forwards, on the spec's example inputs (labels included)."""
+    spec = get_spec(arch)
+    task = task or spec.bench_task
+    spec.head(task)  # ValueError naming the heads the architecture has
+    task = Task(task)
+    config = bench_config(arch, sizes, task)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = info["heads"]["vqa"](config).to(device)
-    batch = _batch(config, batch_size, device=device)
-    labels = torch.zeros(batch_size, config.num_labels, device=device)
+    model = spec.model_class(task)(config).to(device)
+    batch = _to(
+        spec.example_inputs_for(config, task, batch_size=batch_size, text_length=text_length, regions=regions), device
+    )
     dtype = torch.bfloat16 if bf16 else torch.float32
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda" or None)
-    # forward FLOPs ~ 2 * parameters * tokens (matmuls) + attention; training ~ 3x forward
-    tokens = batch_size * (batch["input_ids"].shape[1] + batch["visual_feats"].shape[1])
-    parameters = sum(p.numel() for name, p in model.named_parameters() if "embeddings" not in name)
-    forward_flops = 2 * parameters * tokens
+    forward_flops = _forward_flops(model.eval(), batch)  # training ~ 3x forward (backward ~ 2x)
 
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=bf16):
-            loss = model(**batch, labels=labels).loss
+            loss = model(**batch).loss
+        if loss is None:
+            raise ValueError(f"the {arch} {task.value} head returns no loss for its example inputs: nothing to train")
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -78,7 +110,8 @@ def run_benchmark(arch="uniter", batch_size=32, steps=10, bf16=False, sizes="bas
     train_gflops = 3 * forward_flops / train_seconds / 1e9
     infer_gflops = forward_flops / infer_seconds / 1e9
     result = {
-        "arch": arch, "device": str(device), "dtype": str(dtype).replace("torch.", ""), "batch_size": batch_size,
+        "arch": arch, "task": task.value, "sizes": sizes, "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""), "batch_size": batch_size,
         "train_examples_per_s": batch_size / train_seconds, "infer_examples_per_s": batch_size / infer_seconds,
         "train_gflops": train_gflops, "infer_gflops": infer_gflops, "matmul_gflops": matmul,
         "train_fraction_of_matmul": train_gflops / matmul, "infer_fraction_of_matmul": infer_gflops / matmul,

@@ -39,17 +39,18 @@ def _convert(args):
 
 
 def _processor_for(model, tokenizer_dir):
-    """The architecture's registered processor with the tokenizer saved in `tokenizer_dir` (the original
-    vocabulary; conversion cannot download it)."""
+    """The architecture's region processor with the tokenizer saved in `tokenizer_dir` (the original vocabulary;
+    conversion cannot download it). Formats with other processors define `build_processor` in their converter."""
     from transformers import AutoTokenizer
 
     from .processing.region import RegionFeatureProcessor
-    from .registry import ARCHITECTURES
+    from .registry import spec_for_model
+    from .spec import InputKind
 
-    processor_class = ARCHITECTURES.get(model.config.model_type, {}).get("processor")
-    if processor_class is None:
-        raise ValueError(f"no processor is registered for {model.config.model_type!r}")
-    return processor_class(RegionFeatureProcessor(), AutoTokenizer.from_pretrained(tokenizer_dir))
+    spec = spec_for_model(model)
+    if spec.inputs is not InputKind.REGIONS or spec.processor is None:
+        raise ValueError(f"{spec.name} has no region processor; its converter must define `build_processor`")
+    return spec.processor_class(RegionFeatureProcessor(), AutoTokenizer.from_pretrained(tokenizer_dir))
 
 
 def _train(args, rest):
@@ -70,15 +71,14 @@ def _eval(args):
     from transformers import AutoConfig, AutoProcessor
 
     from .data import shapes_dataset
-    from .pretraining.collators import DataCollatorForVLTask
-    from .recipes import head_class
-    from .training import evaluate_task
+    from .registry import spec_for_model_type
+    from .training import evaluate_task, task_collator
 
-    arch = AutoConfig.from_pretrained(args.model).model_type
-    model = head_class(arch, args.task).from_pretrained(args.model)
+    spec = spec_for_model_type(AutoConfig.from_pretrained(args.model).model_type)
+    model = spec.model_class(args.task).from_pretrained(args.model)
     processor = AutoProcessor.from_pretrained(args.model)
     data = shapes_dataset(args.task, num_images=args.num_images, split=args.split)
-    collator = DataCollatorForVLTask(processor, args.task, num_labels=getattr(model.config, "num_labels", None))
+    collator = task_collator(model, processor, args.task)
     print(f"{args.task} {args.split}: {evaluate_task(model, collator, data, args.task):.4f}")
     return 0
 
@@ -93,7 +93,7 @@ def _demo(args):
 def _bench(args):
     from .bench import run_benchmark
 
-    run_benchmark(args.arch, batch_size=args.batch_size, steps=args.steps, bf16=args.bf16, sizes=args.sizes)
+    run_benchmark(args.arch, batch_size=args.batch_size, steps=args.steps, bf16=args.bf16, sizes=args.sizes, task=args.task)
     return 0
 
 
@@ -101,17 +101,17 @@ def _push(args):
     from transformers import AutoConfig, AutoProcessor
 
     from .hub import push_to_hub
-    from .registry import ARCHITECTURES
+    from .registry import spec_for_model_type
 
     config = AutoConfig.from_pretrained(args.model)
-    architecture = config.architectures[0]
-    model_class = next(
-        cls for info in ARCHITECTURES.values() for cls in list(info["heads"].values()) + list(info["models"].values())
-        if cls.__name__ == architecture
-    )
-    model = model_class.from_pretrained(args.model)
+    spec = spec_for_model_type(config.model_type)
+    saved = (config.architectures or [None])[0]
+    task = next((task for task, head in spec.heads.items() if head.model.rpartition(".")[2] == saved), None)
+    if task is None:
+        raise ValueError(f"{args.model} holds a {saved!r}, which is no head of {spec.name} ({spec.tasks})")
+    model = spec.model_class(task).from_pretrained(args.model)
     processor = AutoProcessor.from_pretrained(args.model)
-    print(push_to_hub(model, processor, args.repo_id))
+    print(push_to_hub(model, processor, args.repo_id, task=task))
     return 0
 
 
@@ -147,11 +147,12 @@ def main(argv=None):
     demo.add_argument("--bf16", action="store_true")
 
     bench = commands.add_parser("bench", help="training / inference throughput, memory and achieved GFLOP/s")
-    bench.add_argument("arch", nargs="?", default="uniter")
+    bench.add_argument("arch", nargs="?", default="uniter", help="any of hf_vlp.ARCHITECTURES")
     bench.add_argument("--batch_size", type=int, default=32)
     bench.add_argument("--steps", type=int, default=10)
     bench.add_argument("--bf16", action="store_true")
-    bench.add_argument("--sizes", default="base", choices=["base", "small"])
+    bench.add_argument("--sizes", default="base", choices=["base", "small"], help="released base config or the spec's small sizes")
+    bench.add_argument("--task", default=None, help="head to time (default: the architecture's bench task)")
 
     push = commands.add_parser("push", help="push a saved model + processor to the Hub")
     push.add_argument("--model", required=True)

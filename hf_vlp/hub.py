@@ -12,71 +12,111 @@ import inspect
 import json
 from pathlib import Path
 
-PIPELINE_TAGS = {
-    "VisualQuestionAnswering": "visual-question-answering",
-    "ConditionalGeneration": "image-to-text",
-    "ImageTextRetrieval": "zero-shot-image-classification",
-    "PreTraining": "feature-extraction",
-    "Model": "feature-extraction",
-}
+from .registry import spec_for_model
+from .spec import InputKind, Task
 
-AUTO_CLASS_HEADS = {
-    "Model": "AutoModel",
-    "ForPreTraining": "AutoModelForPreTraining",
-    "ForVisualQuestionAnswering": "AutoModelForVisualQuestionAnswering",
-    "ForMultipleChoice": "AutoModelForMultipleChoice",
-    "ForConditionalGeneration": "AutoModelForImageTextToText",
+# tags of a model card by what the model reads
+INPUT_TAGS = {
+    InputKind.REGIONS: ["vision-language", "region-features"],
+    InputKind.PIXELS: ["image"],
+    InputKind.TEXT: ["text"],
 }
 
 
-def pipeline_tag(model) -> str:
-    name = type(model).__name__
-    return next((tag for suffix, tag in PIPELINE_TAGS.items() if name.endswith(suffix)), "feature-extraction")
+def _task(model, task=None) -> Task:
+    """`task`, or the task whose head class `model` is (from its architecture's spec)."""
+    spec = spec_for_model(model)
+    if task is not None:
+        spec.head(task)
+        return Task(task)
+    found = spec.task_of(model)
+    if found is None:
+        raise ValueError(f"{type(model).__name__} is no head of {spec.name} ({spec.tasks}); pass `task`")
+    return found
 
 
-def _takes_regions(model) -> bool:
-    """Region-feature models take `visual_feats`/`visual_embeds`; pixel models take `pixel_values`."""
-    parameters = inspect.signature(model.forward).parameters
-    return "pixel_values" not in parameters
+def pipeline_tag(model, task=None) -> str | None:
+    """The Hub pipeline tag of `model`'s head, as its spec declares it (None: no Hub pipeline takes its inputs)."""
+    return spec_for_model(model).head(_task(model, task)).pipeline_tag
 
 
-def model_card(model, base_model=None, datasets=None, conversion=None, results=None, repo_id=None) -> str:
+def _loading_code(model, task, name) -> tuple[str, str]:
+    """(import line, load expression) of the card: the Auto class `import hf_vlp` sets up for this head's class if
+    there is one, else the class itself."""
+    spec = spec_for_model(model)
+    head = spec.head(task)
+    same_class = [head] + [other for other in spec.heads.values() if other.model == head.model and other is not head]
+    auto = next((h.auto_classes[0] for h in same_class if h.auto_classes), None)
+    if auto is not None:
+        return (
+            f"from transformers import AutoProcessor, {auto}\n"
+            "import hf_vlp  # registers the architecture; or pass trust_remote_code=True without hf_vlp\n",
+            f'{auto}.from_pretrained("{name}")',
+        )
+    module, _, class_name = head.model.rpartition(".")
+    if spec.package and module.startswith(spec.package + "."):
+        module = spec.package  # the architecture package exports its classes
+    note = ""
+    if head.opt_in_auto_classes:
+        note = (
+            f"# or: hf_vlp.use_hf_vlp_classes_for_transformers_models(), then {head.opt_in_auto_classes[0]}; "
+            "transformers' own class otherwise\n"
+        )
+    return (
+        f"from transformers import AutoProcessor\nfrom {module} import {class_name}\n{note}",
+        f'{class_name}.from_pretrained("{name}")',
+    )
+
+
+def model_card(model, base_model=None, datasets=None, conversion=None, results=None, repo_id=None, task=None) -> str:
     """A README.md with Hub metadata (library, pipeline tag, tags, base model, datasets), how to load the model,
-    how it was made, and measured results."""
+    how it was made, and measured results. `task`: the head the model is (default: found from its class)."""
+    spec = spec_for_model(model)
+    task = _task(model, task)
     arch = model.config.model_type
-    tags = ["hf_vlp", arch, "vision-language", "region-features" if _takes_regions(model) else "image-text"]
-    meta = {"library_name": "transformers", "pipeline_tag": pipeline_tag(model), "tags": tags}
+    meta = {"library_name": "transformers"}
+    tag = spec.head(task).pipeline_tag
+    if tag is not None:
+        meta["pipeline_tag"] = tag
+    meta["tags"] = ["hf_vlp", arch, *INPUT_TAGS[spec.inputs]]
     if base_model:
         meta["base_model"] = base_model
     if datasets:
         meta["datasets"] = list(datasets)
     front = "\n".join(f"{key}: {json.dumps(value)}" for key, value in meta.items())
     name = repo_id or f"<your-org>/{arch}"
-    auto = next((auto for suffix, auto in AUTO_CLASS_HEADS.items() if type(model).__name__.endswith(suffix)), "AutoModel")
+    imports, load = _loading_code(model, task, name)
+    if spec.inputs is InputKind.REGIONS:
+        call = (
+            "inputs = processor(text=[question], visual_feats=[region_features], boxes=[boxes_xyxy_pixels],\n"
+            "                   image_sizes=[(width, height)])\n"
+        )
+        described = (
+            "Inputs: region features (N, D) and their boxes `x1, y1, x2, y2` in pixels with the image size; the "
+            "processor normalizes the boxes and pads the batch.\n"
+        )
+    elif spec.inputs is InputKind.PIXELS:
+        reads_text = spec.vocab_size_field is not None
+        call = f"inputs = processor(images=[image]{', text=[text]' if reads_text else ''}, return_tensors='pt')\n"
+        described = "Inputs: RGB images (the processor resizes and normalizes them)" + (" and text" * reads_text) + ".\n"
+    else:
+        call = "inputs = processor(text=[text], return_tensors='pt')\n"
+        described = "Inputs: text.\n"
     parts = [
         f"---\n{front}\n---\n",
         f"# {type(model).__name__}\n",
-        f"A `{arch}` vision-language model ({type(model).__name__}, "
+        f"A `{arch}` model ({type(model).__name__}, {task.value} head, "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) packaged with "
         "[hf_vlp](https://pypi.org/project/hf_vlp/).\n",
         "## How to load\n",
         "```python\n"
-        f"from transformers import AutoProcessor, {auto}\n"
-        "import hf_vlp  # registers the architecture; or pass trust_remote_code=True without hf_vlp\n\n"
-        f'processor = AutoProcessor.from_pretrained("{name}")\n'
-        f'model = {auto}.from_pretrained("{name}")\n'
-        + (
-            "inputs = processor(text=[question], visual_feats=[region_features], boxes=[boxes_xyxy_pixels],\n"
-            "                   image_sizes=[(width, height)])\n"
-            if _takes_regions(model)
-            else "inputs = processor(images=[image], text=[question], return_tensors='pt')\n"
-        )
+        + imports
+        + f'\nprocessor = AutoProcessor.from_pretrained("{name}")\n'
+        + f"model = {load}\n"
+        + call
         + "outputs = model(**inputs)\n"
         "```\n",
-        "Inputs: region features (N, D) and their boxes `x1, y1, x2, y2` in pixels with the image size; the "
-        "processor normalizes the boxes and pads the batch.\n"
-        if _takes_regions(model)
-        else "Inputs: RGB images (the processor resizes and normalizes them) and text.\n",
+        described,
     ]
     if conversion:
         parts += ["## How it was made\n", conversion.strip() + "\n"]
@@ -155,11 +195,12 @@ def flat_source(module_name) -> str:
 
 
 def write_remote_code(model, directory):
-    """Write `configuration_<arch>.py` and `modeling_<arch>.py` (flat bundles) and point `config.auto_map` at them,
-    every head of the architecture included (heads without an Auto class are listed by class name)."""
-    from .registry import ARCHITECTURES
-
+    """Write `configuration_<arch>.py` and `modeling_<arch>.py` (flat bundles) and point `config.auto_map` at them:
+    every head of the architecture whose class is in the bundle, under each Auto class its spec names for it (the
+    opt-in ones too: with `trust_remote_code=True` they load hf_vlp's class) and under its class name (heads without
+    an Auto class: `get_class_from_dynamic_module(auto_map[name], repo)`)."""
     directory = Path(directory)
+    spec = spec_for_model(model)
     arch = model.config.model_type
     config_module = type(model.config).__module__
     model_module = type(model).__module__
@@ -180,19 +221,14 @@ def write_remote_code(model, directory):
     modeling = "".join(lines)
     (directory / f"modeling_{arch}.py").write_text(modeling)
 
+    # the heads whose classes the bundle defines (a head may be a class of transformers, e.g. ViLT's VQA)
+    bundled = [head for head in spec.heads.values() if head.model.rpartition(".")[0] == model_module]
     auto_map = {"AutoConfig": f"configuration_{arch}.{config_class}"}
-    classes = dict(ARCHITECTURES.get(arch, {}).get("models", {}))
-    classes.setdefault(
-        next((auto for suffix, auto in AUTO_CLASS_HEADS.items() if type(model).__name__.endswith(suffix)), "AutoModel"),
-        type(model),
-    )
-    for auto_name, model_class in classes.items():
-        auto_map[auto_name] = f"modeling_{arch}.{model_class.__name__}"
-    # heads without an Auto class (retrieval, NLVR2, entailment, referring expressions) are listed by class name
-    # so a Hub user finds them: `get_class_from_dynamic_module(auto_map[name], repo)`
-    for model_class in ARCHITECTURES.get(arch, {}).get("heads", {}).values():
-        if model_class.__module__ == model_module:
-            auto_map.setdefault(model_class.__name__, f"modeling_{arch}.{model_class.__name__}")
+    for head in bundled:
+        for auto_name in head.auto_classes + head.opt_in_auto_classes:
+            auto_map.setdefault(auto_name, f"modeling_{arch}.{head.model.rpartition('.')[2]}")
+    for class_name in [type(model).__name__] + [head.model.rpartition(".")[2] for head in bundled]:
+        auto_map.setdefault(class_name, f"modeling_{arch}.{class_name}")
     config_path = directory / "config.json"
     config = json.loads(config_path.read_text())
     config["auto_map"] = auto_map

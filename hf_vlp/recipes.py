@@ -1,28 +1,25 @@
 """Recipes shared by `examples/`, the demo and the CLI: a tokenizer for the shapes world, processors, small
-configs, and the Trainer wiring for pretraining and fine-tuning any registered region model."""
+configs, and the Trainer wiring for pretraining and fine-tuning any registered region model. Everything
+architecture-specific is read from the architecture's spec (`hf_vlp.get_spec(arch)`)."""
 
+import copy
 import re
 from pathlib import Path
 
 import numpy as np
 
-from .registry import ARCHITECTURES
+from .registry import get_spec
+from .spec import InputKind
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
-# sizes of the "small" models the demo and examples train in minutes on a CPU. The weight init scale follows the
-# width: BERT's 0.02 suits 768 wide layers, but at 128 wide it leaves the attention logits near zero, every region
-# gets the same weight and training sits for thousands of steps on the question-only prior (docs/data.md,
-# "Does the model look at the image?"). 0.08 ~ 1 / sqrt(128).
+# sizes of the "small" single-stream models the demo and examples train in minutes on a CPU (UNITER's small sizes;
+# every architecture's own small sizes are `get_spec(arch).small_sizes`). The weight init scale follows the width:
+# BERT's 0.02 suits 768 wide layers, but at 128 wide it leaves the attention logits near zero, every region gets the
+# same weight and training sits for thousands of steps on the question-only prior (docs/data.md, "Does the model
+# look at the image?"). 0.08 ~ 1 / sqrt(128).
 SMALL_SIZES = dict(hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256,
                    initializer_range=0.08)
-# two-stream models also size their visual stream and co-attention
-SMALL_STREAM_SIZES = {
-    "vilbert": dict(v_hidden_size=128, v_num_hidden_layers=3, v_num_attention_heads=4, v_intermediate_size=256,
-                    bi_hidden_size=128, bi_num_attention_heads=4),
-    "ernie_vil": dict(v_hidden_size=128, v_num_hidden_layers=3, v_num_attention_heads=4, v_intermediate_size=256,
-                      co_hidden_size=128, co_num_attention_heads=4, co_intermediate_size=256),
-}
 
 
 def shapes_tokenizer(save_dir=None, num_images=200):
@@ -51,31 +48,57 @@ def shapes_tokenizer(save_dir=None, num_images=200):
 
 
 def build_processor(arch, tokenizer, **region_options):
-    """The architecture's registered processor around `tokenizer` and a `RegionFeatureProcessor`."""
+    """The architecture's processor around `tokenizer` and a `RegionFeatureProcessor` (region models only)."""
     from .processing.region import RegionFeatureProcessor
 
-    info = ARCHITECTURES[arch]
-    if info["processor"] is None:
-        raise ValueError(f"architecture {arch!r} registers no processor")
-    return info["processor"](RegionFeatureProcessor(**region_options), tokenizer)
+    spec = get_spec(arch)
+    if spec.inputs is not InputKind.REGIONS or spec.processor is None:
+        raise ValueError(f"build_processor makes region-feature processors; {arch!r} takes {spec.inputs.value}")
+    return spec.processor_class(RegionFeatureProcessor(**region_options), tokenizer)
 
 
-def build_config(arch, tokenizer, visual_feat_dim, sizes=None, **overrides):
-    """A config of `arch` with the given sizes, the tokenizer's vocabulary and the shapes world's feature size and
-    region classes."""
+def _set_field(values, dotted, value):
+    """values["a"]["b"] = value for dotted "a.b" (a sub-config given as a dict)."""
+    *parents, name = dotted.split(".")
+    for parent in parents:
+        values = values.setdefault(parent, {})
+    values[name] = value
+
+
+def _check_fields(spec, names):
+    """ValueError for fields the config would store without using: the silent mismatch this builder exists to avoid
+    (e.g. `visual_feat_dim` on a VisualBertConfig, which reads `visual_embedding_dim`)."""
+    default = spec.config_class()
+    unknown = sorted(name for name in names if name not in spec.small_sizes and not hasattr(default, name))
+    if unknown:
+        raise ValueError(f"{type(default).__name__} ({spec.name}) has no field(s) {unknown}")
+
+
+def build_config(arch, tokenizer=None, visual_feat_dim=None, sizes=None, **overrides):
+    """A config of `arch`: the spec's small sizes, then `sizes`, the tokenizer's vocabulary size, the region feature
+    size and the shapes world's region classes (each set on the config's own field, from the spec), then
+    `overrides`. `tokenizer` / `visual_feat_dim` None keep the small sizes' values."""
     from .data.shapes import SHAPES_CLASSES
 
-    config_class = ARCHITECTURES[arch]["config"]
-    sizes = {**(SMALL_SIZES if sizes is None else sizes), **SMALL_STREAM_SIZES.get(arch, {})}
-    defaults = dict(vocab_size=len(tokenizer), visual_feat_dim=visual_feat_dim, num_region_classes=len(SHAPES_CLASSES))
-    return config_class(**{**defaults, **sizes, **overrides})
+    spec = get_spec(arch)
+    _check_fields(spec, [*(sizes or {}), *overrides])
+    values = copy.deepcopy(dict(spec.small_sizes))
+    values.update(copy.deepcopy(sizes or {}))
+    if tokenizer is not None and spec.vocab_size_field:
+        _set_field(values, spec.vocab_size_field, len(tokenizer))
+    if visual_feat_dim is not None:
+        if not spec.feature_size_field:
+            raise ValueError(f"`visual_feat_dim` was given but {arch!r} takes {spec.inputs.value}, not region features")
+        values[spec.feature_size_field] = visual_feat_dim
+    if spec.region_classes_field:
+        values[spec.region_classes_field] = len(SHAPES_CLASSES)
+    values.update(overrides)
+    return spec.config_class(**values)
 
 
 def head_class(arch, task):
-    heads = ARCHITECTURES[arch]["heads"]
-    if task not in heads:
-        raise ValueError(f"{arch} has no {task!r} head; it has {sorted(heads)}")
-    return heads[task]
+    """The model class of `arch`'s `task` head (ValueError naming the heads it has)."""
+    return get_spec(arch).model_class(task)
 
 
 def majority_vqa_score(train, evaluation):

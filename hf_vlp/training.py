@@ -10,9 +10,8 @@ import torch
 from transformers import AutoConfig, AutoProcessor
 
 from .data import shapes_dataset
-from .pretraining.collators import DataCollatorForVLPretraining, DataCollatorForVLTask
+from .pretraining.collators import DataCollatorForVLTask
 from .recipes import (
-    SMALL_SIZES,
     build_config,
     build_processor,
     head_class,
@@ -20,43 +19,51 @@ from .recipes import (
     shapes_tokenizer,
     vqa_num_labels,
 )
+from .registry import get_spec, spec_for_model, spec_for_model_type
+from .spec import resolve
 from .trainer import VLPTrainer, accuracy, vqa_score
+
+# label vocabulary of each shapes-world task, set on the head's `num_labels_field`
+SHAPES_NUM_LABELS = {"vqa": vqa_num_labels, "entailment": lambda: 3, "nlvr2": lambda: 2}
+SIZE_ARGUMENTS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
 
 @dataclass
 class PretrainArguments:
     arch: str = field(default="uniter", metadata={"help": "registered architecture (hf_vlp.ARCHITECTURES)"})
     num_images: int = field(default=2000, metadata={"help": "shapes-world training scenes"})
-    objectives: str = field(default="mlm,mrfr,mrc_kl,itm", metadata={"help": "comma-separated objectives"})
+    objectives: str | None = field(
+        default=None, metadata={"help": "comma-separated objectives (default: the architecture's spec)"}
+    )
     objective_sampling: str = field(default="joint", metadata={"help": "'joint' or 'per_batch' (UNITER's sampling)"})
-    hidden_size: int = SMALL_SIZES["hidden_size"]
-    num_hidden_layers: int = SMALL_SIZES["num_hidden_layers"]
-    num_attention_heads: int = SMALL_SIZES["num_attention_heads"]
-    intermediate_size: int = SMALL_SIZES["intermediate_size"]
+    hidden_size: int | None = field(default=None, metadata={"help": "default: the architecture's small size"})
+    num_hidden_layers: int | None = field(default=None, metadata={"help": "default: the architecture's small size"})
+    num_attention_heads: int | None = field(default=None, metadata={"help": "default: the architecture's small size"})
+    intermediate_size: int | None = field(default=None, metadata={"help": "default: the architecture's small size"})
 
 
 def run_pretraining(args, training_args):
     """Pretrain `args.arch` on shapes-world captions; saves model + processor to `training_args.output_dir`."""
     training_args.remove_unused_columns = False  # the collator reads the raw columns
 
+    spec = get_spec(args.arch)
+    if spec.pretraining_collator is None:
+        raise ValueError(f"{args.arch!r} has no shapes-world pretraining recipe (its spec has no pretraining_collator)")
     train = shapes_dataset("captions", num_images=args.num_images, split="train")
     tokenizer = shapes_tokenizer()
     processor = build_processor(args.arch, tokenizer)
-    sizes = {k: getattr(args, k) for k in SMALL_SIZES}
+    sizes = {name: getattr(args, name) for name in SIZE_ARGUMENTS if getattr(args, name) is not None}
     config = build_config(args.arch, tokenizer, len(train[0]["region_features"][0]), sizes)
     model = head_class(args.arch, "pretraining")(config)
-    collator = DataCollatorForVLPretraining(
-        processor,
-        objectives=tuple(args.objectives.split(",")),
-        objective_sampling=args.objective_sampling,
-        seed=training_args.seed,
+    objectives = tuple(args.objectives.split(",")) if args.objectives else spec.pretraining_objectives
+    collator = resolve(spec.pretraining_collator)(
+        processor, objectives=objectives, objective_sampling=args.objective_sampling, seed=training_args.seed
     )
     trainer = VLPTrainer(model=model, args=training_args, train_dataset=train, data_collator=collator)
     trainer.train()
     trainer.save_model(training_args.output_dir)
     processor.save_pretrained(training_args.output_dir)
     return trainer
-
 
 
 @dataclass
@@ -66,30 +73,38 @@ class FinetuneArguments:
     model_name_or_path: str | None = field(default=None, metadata={"help": "pretrained model dir or Hub id"})
     num_images: int = 1500
     eval_images: int = 200
-    nlvr2_head: str = field(default="paired", metadata={"help": "UNITER NLVR2 variant: paired, triplet, paired-attn"})
+    nlvr2_head: str | None = field(
+        default=None, metadata={"help": "UNITER NLVR2 variant: paired, triplet, paired-attn (default: the config's)"}
+    )
 
 
 def build(args, feature_dim):
-    task = args.task
-    overrides = {}
-    if task == "vqa":
-        overrides["num_labels"] = vqa_num_labels()
-    elif task == "entailment":
-        overrides["num_labels"] = 3
-    if task == "nlvr2":
-        overrides.update(type_vocab_size=3, nlvr2_head=args.nlvr2_head)
+    """The `args.task` head (from `args.model_name_or_path`, or a small `args.arch` model) and its processor."""
+    arch = AutoConfig.from_pretrained(args.model_name_or_path).model_type if args.model_name_or_path else args.arch
+    spec = spec_for_model_type(arch) if args.model_name_or_path else get_spec(arch)
+    head = spec.head(args.task)
+    overrides = dict(head.config_overrides)
+    if head.num_labels_field and args.task in SHAPES_NUM_LABELS:
+        overrides[head.num_labels_field] = SHAPES_NUM_LABELS[args.task]()
+    if args.nlvr2_head is not None:
+        overrides["nlvr2_head"] = args.nlvr2_head
     if args.model_name_or_path:
         processor = AutoProcessor.from_pretrained(args.model_name_or_path)
-        arch = AutoConfig.from_pretrained(args.model_name_or_path).model_type
-        model = head_class(arch, task).from_pretrained(args.model_name_or_path, **overrides)
-        if task == "nlvr2" and model.config.type_vocab_size < 3:
-            raise ValueError("resize token types first: NLVR2 gives the second image token type 2")
+        model = spec.model_class(args.task).from_pretrained(args.model_name_or_path, **overrides)
     else:
         tokenizer = shapes_tokenizer()
-        processor = build_processor(args.arch, tokenizer)
-        config = build_config(args.arch, tokenizer, feature_dim, SMALL_SIZES, **overrides)
-        model = head_class(args.arch, task)(config)
+        processor = build_processor(spec.name, tokenizer)
+        config = build_config(spec.name, tokenizer, feature_dim, **overrides)
+        model = spec.model_class(args.task)(config)
     return model, processor
+
+
+def task_collator(model, processor, task):
+    """`DataCollatorForVLTask` for `model`'s `task` head: the head's label count and processor arguments come from
+    the spec."""
+    head = spec_for_model(model).head(task)
+    num_labels = getattr(model.config, head.num_labels_field) if head.num_labels_field else None
+    return DataCollatorForVLTask(processor, task, num_labels=num_labels, processor_kwargs=dict(head.processor_kwargs))
 
 
 def evaluate_task(model, collator, dataset, task, batch_size=64):
@@ -121,7 +136,7 @@ def run_finetuning(args, training_args):
     train = shapes_dataset(args.task, num_images=args.num_images, split="train")
     test = shapes_dataset(args.task, num_images=args.eval_images, split="test")
     model, processor = build(args, len(train[0]["region_features"][0]))
-    collator = DataCollatorForVLTask(processor, args.task, num_labels=getattr(model.config, "num_labels", None))
+    collator = task_collator(model, processor, args.task)
     trainer = VLPTrainer(model=model, args=training_args, train_dataset=train, data_collator=collator)
     trainer.train()
 
@@ -134,4 +149,3 @@ def run_finetuning(args, training_args):
     trainer.save_model(training_args.output_dir)
     processor.save_pretrained(training_args.output_dir)
     return score
-

@@ -304,10 +304,18 @@ def test_captioning_loss_falls_and_generates():
 
 def test_auto_classes_resolve_to_hf_vlp_heads():
     config = tiny_config()
+    # transformers has no BLIP pretraining class: `import hf_vlp` fills that Auto class
     assert type(transformers.AutoModelForPreTraining.from_config(config)) is BlipForPreTraining
-    assert type(transformers.AutoModelForVisualQuestionAnswering.from_config(config)) is BlipForQuestionAnswering
-    assert type(transformers.AutoModelForImageTextToText.from_config(config)) is BlipForConditionalGeneration
-    assert hf_vlp.ARCHITECTURES["blip"]["heads"]["retrieval"] is BlipForImageTextRetrieval
+    # where transformers has its own class, it stays transformers' until the documented opt-in
+    assert type(transformers.AutoModelForVisualQuestionAnswering.from_config(config)) is transformers.BlipForQuestionAnswering
+    hf_vlp.use_hf_vlp_classes_for_transformers_models()
+    try:
+        assert type(transformers.AutoModelForVisualQuestionAnswering.from_config(config)) is BlipForQuestionAnswering
+        assert type(transformers.AutoModelForImageTextToText.from_config(config)) is BlipForConditionalGeneration
+    finally:
+        hf_vlp.use_hf_vlp_classes_for_transformers_models(False)
+    assert type(transformers.AutoModelForImageTextToText.from_config(config)) is transformers.BlipForConditionalGeneration
+    assert hf_vlp.get_spec("blip").model_class("retrieval") is BlipForImageTextRetrieval
 
 
 def test_processor_save_and_load(tmp_path):

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-
-import hf_vlp  # noqa: F401  (registers the Auto classes)
+import hf_vlp
 from hf_vlp.conversion import switch_transformers as switch_conversion
 from hf_vlp.conversion.common import ConversionError
 from hf_vlp.modeling.switch_transformers import LORA_TARGET_MODULES, SwitchTransformersForConditionalGeneration
@@ -74,7 +73,7 @@ def test_vlp_trainer_logs_router_losses_separately(tmp_path):
     torch.manual_seed(0)
     model = SwitchTransformersForConditionalGeneration(tiny_config())
     input_ids, labels = tiny_batch()
-    rows = [{"input_ids": ids, "labels": target} for ids, target in zip(input_ids, labels)]
+    rows = [{"input_ids": i, "labels": l} for i, l in zip(input_ids, labels)]
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=6, learning_rate=3e-3, logging_steps=3,
         report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True,
@@ -95,8 +94,16 @@ def test_generate_without_decoder_start_token_in_config():
     assert model.generate(input_ids=input_ids, max_new_tokens=3).shape == (4, 4)
 
 
-def test_auto_class_resolves_to_hf_vlp():
-    model = transformers.AutoModelForSeq2SeqLM.from_config(tiny_config())
+def test_auto_class_resolves_to_hf_vlp_after_the_opt_in():
+    # `import hf_vlp` leaves transformers' own class in place; the documented opt-in switches to hf_vlp's
+    assert type(transformers.AutoModelForSeq2SeqLM.from_config(tiny_config())) is (
+        transformers.SwitchTransformersForConditionalGeneration
+    )
+    hf_vlp.use_hf_vlp_classes_for_transformers_models()
+    try:
+        model = transformers.AutoModelForSeq2SeqLM.from_config(tiny_config())
+    finally:
+        hf_vlp.use_hf_vlp_classes_for_transformers_models(False)
     assert type(model) is SwitchTransformersForConditionalGeneration
 
 

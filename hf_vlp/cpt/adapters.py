@@ -175,14 +175,22 @@ def adapter_for(model) -> CptAdapter:
     one."""
     if isinstance(model, CptAdapter):
         return model
+    from hf_vlp.registry import ARCHITECTURES
+    from hf_vlp.spec import resolve
+
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in ADAPTERS:
+    # an adapter registered here wins; else the one the architecture's spec names (`cpt_adapter`)
+    by_spec = {spec.model_type: spec.cpt_adapter for spec in ARCHITECTURES.values() if spec.cpt_adapter}
+    if model_type not in ADAPTERS and model_type not in by_spec:
         raise ValueError(
-            f"no CPT adapter for model_type {model_type!r} ({type(model).__name__}); registered: {sorted(ADAPTERS)}. "
-            "Register a CptAdapterSpec with `register_cpt_adapter(model_type, spec)` or decorate a CptAdapter "
-            "subclass with `@register_adapter(model_type)`."
+            f"no CPT adapter for model_type {model_type!r} ({type(model).__name__}); registered: "
+            f"{sorted(set(ADAPTERS) | set(by_spec))}. Name one in the architecture's spec (`cpt_adapter`), register "
+            "a CptAdapterSpec with `register_cpt_adapter(model_type, spec)` or decorate a CptAdapter subclass with "
+            "`@register_adapter(model_type)`."
         )
-    return ADAPTERS[model_type](model)
+    if model_type in ADAPTERS:
+        return ADAPTERS[model_type](model)
+    return resolve(by_spec[model_type])(model)
 
 
 class UniterAdapter(SpecAdapter):

@@ -1,4 +1,4 @@
-"""Building blocks written once and shared by every architecture (DESIGN.md, "Layout")."""
+"""Building blocks written once and shared by every architecture (docs/design.md, "Layout")."""
 
 from .attention import AttentionBlock, MultiHeadAttention, ResidualOutput, eager_attention_forward
 from .boxes import BOX_FEATURE_SIZES, box_location_features, check_visual_inputs

@@ -1,6 +1,7 @@
 """Boxes: validation of `visual_pos` and the location features each architecture derives from it.
 
-`visual_pos` is always (B, R, 4) `x1, y1, x2, y2` normalized to [0, 1] by image width/height (DESIGN.md); each model
+`visual_pos` is always (B, R, 4) `x1, y1, x2, y2` normalized to [0, 1] by image width/height (docs/design.md,
+"Input vocabulary"); each model
 derives the location vector its original was trained with, inside the model, so one processor serves all.
 """
 

@@ -72,7 +72,7 @@ class _HfVlpLxmertMixin:
 
     supports_gradient_checkpointing = True
     _no_split_modules = ["LxmertLayer", "LxmertXLayer", "LxmertEmbeddings", "LxmertVisualFeatureEncoder"]
-    accepts_loss_kwargs = False  # every head normalises its own loss (DESIGN.md, Trainer under DDP)
+    accepts_loss_kwargs = False  # every head normalises its own loss (docs/design.md, "Trainer under DDP")
 
     def _lxmert_backbone(self):
         return self if isinstance(self, hf.LxmertModel) else self.lxmert

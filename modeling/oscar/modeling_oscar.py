@@ -284,7 +284,7 @@ class OscarPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _no_split_modules = ["TransformerLayer", "TextEmbeddings", "OscarRegionEmbeddings"]
-    accepts_loss_kwargs = False  # each head normalises its own loss (DESIGN.md, Trainer under DDP)
+    accepts_loss_kwargs = False  # each head normalises its own loss (docs/design.md, "Trainer under DDP")
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -300,7 +300,7 @@ def _check_text_mask(name, mask, expected_shape):
 class OscarModel(OscarPreTrainedModel):
     """The Oscar / VinVL encoder (`BertImgModel`).
 
-    Inputs follow hf_vlp's vocabulary (DESIGN.md): `input_ids` (B, T) = `[CLS] text [SEP] tags [SEP] [PAD]...` with
+    Inputs follow docs/design.md's input vocabulary: `input_ids` (B, T) = `[CLS] text [SEP] tags [SEP] [PAD]...` with
     `token_type_ids` 0 for the text part and 1 for the tags; `visual_feats` (B, R, 2048), `visual_pos` (B, R, 4)
     normalized x1,y1,x2,y2; `visual_attention_mask` (B, R). `attention_mask` is either the (B, T) text padding mask or
     a full (B, T + R, T + R) mask as the original's captioning code builds (then `visual_attention_mask` must be None).

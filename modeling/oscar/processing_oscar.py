@@ -6,7 +6,8 @@ are the detector's class names of the image's regions, in region order, joined b
 The pair is truncated as BERT's `_truncate_seq_pair`: the last token of the longer part goes first.
 
 Boxes become `visual_pos` (normalized x1,y1,x2,y2); the model appends the 6-d `[x1, y1, x2, y2, w, h]` vector to
-each feature itself (DESIGN.md: one region processor for every model).
+each feature itself (docs/design.md, "Input vocabulary": one region processor for every
+model).
 """
 
 import torch

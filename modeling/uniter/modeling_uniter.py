@@ -113,7 +113,7 @@ class UniterPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _no_split_modules = ["TransformerLayer", "TextEmbeddings", "RegionEmbeddings"]
-    accepts_loss_kwargs = False  # each head normalises its own loss (DESIGN.md, Trainer under DDP)
+    accepts_loss_kwargs = False  # each head normalises its own loss (docs/design.md, "Trainer under DDP")
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -124,7 +124,7 @@ class UniterPreTrainedModel(PreTrainedModel):
 
 
 class UniterModel(UniterPreTrainedModel):
-    """The UNITER encoder. Inputs follow hf_vlp's vocabulary (DESIGN.md): `input_ids` (B, T), `visual_feats`
+    """The UNITER encoder. Inputs follow docs/design.md's input vocabulary: `input_ids` (B, T), `visual_feats`
     (B, R, D), `visual_pos` (B, R, 4) normalized x1,y1,x2,y2; text gets token type 0, regions type 1."""
 
     def __init__(self, config: UniterConfig, add_pooling_layer=True):

@@ -19,7 +19,7 @@ DEFAULT_TASK_TOKEN_IDS = {
     "gqa": 15,
 }
 
-# `config.auto_map` for Hub remote code: the Auto classes plus the heads that have no Auto class (DESIGN.md, "Auto
+# `config.auto_map` for Hub remote code: the Auto classes plus the heads that have no Auto class (docs/design.md, "Auto
 # classes"); values name classes of a flat bundle.
 VILBERT_AUTO_MAP = {
     "AutoConfig": "configuration_vilbert.VilbertConfig",

@@ -11,7 +11,7 @@ Layout: the text stream runs BERT layers (`encoder.layer`), the visual stream th
 given by `v_biattention_id` / `t_biattention_id`. The pooled outputs (first token / first region, Linear + ReLU) are
 fused by element-wise product and feed the sentence-level heads.
 
-Inputs follow hf_vlp's vocabulary (DESIGN.md): `visual_pos` (B, R, 4) normalized x1,y1,x2,y2; the model derives the
+Inputs follow docs/design.md's input vocabulary: `visual_pos` (B, R, 4) normalized x1,y1,x2,y2; the model derives the
 original 5-d location `[x1, y1, x2, y2, w*h]`. Region 0 is the whole-image region (mean feature, box [0,0,1,1])
 that `VilbertProcessor` adds, as the original data loaders do.
 """
@@ -301,7 +301,7 @@ class VilbertPreTrainedModel(PreTrainedModel):
         "VilbertTextEmbeddings",
         "VilbertRegionEmbeddings",
     ]
-    accepts_loss_kwargs = False  # each head normalises its own loss (DESIGN.md, Trainer under DDP)
+    accepts_loss_kwargs = False  # each head normalises its own loss (docs/design.md, "Trainer under DDP")
 
     # the name heads use to pick their default task token (`config.task_token_ids`)
     task_name = None

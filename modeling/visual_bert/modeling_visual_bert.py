@@ -68,7 +68,7 @@ def _check_region_inputs(visual_embeds, visual_attention_mask, visual_token_type
 
 class VisualBertPreTrainedModel(hf.VisualBertPreTrainedModel):
     _no_split_modules = ["VisualBertLayer", "VisualBertEmbeddings"]
-    accepts_loss_kwargs = False  # every head normalises its own loss (DESIGN.md, Trainer under DDP)
+    accepts_loss_kwargs = False  # every head normalises its own loss (docs/design.md, "Trainer under DDP")
 
     def _encode(self, inputs):
         """transformers' `VisualBertModel.forward` on `inputs` (the keyword arguments of `VisualBertModel.forward`),
