@@ -60,7 +60,7 @@ SHAPES_TASKS = ("captions", "retrieval", "vqa", "refexp", "nlvr2", "entailment")
 SHAPES_SPLITS = ("train", "validation", "test")
 
 # Bump when drawing or feature extraction changes, so cached region features are recomputed.
-SHAPES_VERSION = 1
+SHAPES_VERSION = 2
 DEFAULT_SAMPLES_PER_IMAGE = {"captions": 3, "retrieval": 1, "vqa": 3, "refexp": 2, "nlvr2": 1, "entailment": 3}
 # A spatial relation is only stated when box centres differ by more than this many pixels, so "left of" is
 # never a judgement call.
