@@ -73,7 +73,7 @@ def run_demo(output_dir="demo_output", minutes=4.0, bf16=False, num_images=2000,
         arguments = training_arguments(output_dir / "pretrain", max_steps=max_steps, learning_rate=LEARNING_RATE, **common)
         return VLPTrainer(model=model, args=arguments, train_dataset=captions, data_collator=pretrain_collator)
 
-    pretrain_steps = _steps_for(0.35 * budget, _timed_step(pretrainer))
+    pretrain_steps = _steps_for(0.3 * budget, _timed_step(pretrainer))
     pretrainer(pretrain_steps).train()
     model.save_pretrained(output_dir / "pretrain")
 
@@ -85,7 +85,7 @@ def run_demo(output_dir="demo_output", minutes=4.0, bf16=False, num_images=2000,
         arguments = training_arguments(output_dir / "vqa", max_steps=max_steps, learning_rate=LEARNING_RATE, **common)
         return VLPTrainer(model=vqa_model, args=arguments, train_dataset=vqa_train, data_collator=vqa_collator)
 
-    finetune_steps = _steps_for(0.55 * budget, _timed_step(finetuner))
+    finetune_steps = _steps_for(0.6 * budget, _timed_step(finetuner))
     finetuner(finetune_steps).train()
 
     print("[4/5] held-out evaluation, with the controls that show whether the answer comes from the image ...",

