@@ -30,6 +30,11 @@ class RegionTextProcessor(ProcessorMixin):
         return_tensors="pt",
         **region_fields,
     ):
+        if text is None and visual_feats is None and boxes is None:
+            raise ValueError("nothing to process: pass `text`, `visual_feats` with `boxes`, or both.")
+        if visual_feats is None and boxes is None and (image_sizes is not None or region_fields):
+            given = (["image_sizes"] if image_sizes is not None else []) + sorted(region_fields)
+            raise ValueError(f"{', '.join(f'`{name}`' for name in given)} given without `visual_feats` and `boxes`.")
         data = {}
         if text is not None:
             data.update(
