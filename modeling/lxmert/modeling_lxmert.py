@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.lxmert import modeling_lxmert as hf
 
+from hf_vlp.layers import check_visual_inputs
 from hf_vlp.pretraining.losses import masked_cross_entropy, zero_loss
 
 # Default LoRA targets: query/key/value of every attention (language, relational, cross-modality, and the
@@ -101,6 +102,7 @@ def _check_lxmert_inputs(input_ids, visual_feats, visual_pos, visual_attention_m
         raise ValueError(
             f"`input_ids` batch {input_ids.shape[0]} and `visual_feats` batch {visual_feats.shape[0]} differ."
         )
+    check_visual_inputs(visual_feats, visual_pos, visual_attention_mask)  # values: finite, boxes in [0, 1], 0/1 mask
 
 
 class LxmertModel(_HfVlpLxmertMixin, hf.LxmertModel):
