@@ -13,7 +13,8 @@ from transformers.image_processing_utils import BaseImageProcessor
 
 # pixel boxes may stick out of the image by rounding in detector dumps; more than this is an error
 PIXEL_TOLERANCE = 1.0
-# per-region fields that hold ids (class / type / attribute ids): refused unless integral, padded with -100
+# per-region fields that hold ids (class / type / attribute ids): refused unless integral, padded with -100; so are
+# fields named `*_ids` / `*_labels` and fields every image gives as integers
 INTEGER_REGION_FIELDS = frozenset({"region_labels", "visual_token_type_ids", "obj_ids", "attr_ids"})
 
 
@@ -55,7 +56,7 @@ class RegionFeatureProcessor(BaseImageProcessor):
     r"""
     Args:
         add_global_region: prepend a whole-image region (mean of the region features, box [0, 0, 1, 1]), as
-            ViLBERT's data loaders do.
+            ViLBERT's data loaders do; an image without regions gets a zero feature vector there.
         max_regions: keep at most this many regions per image (the global region counts as one), in the given
             order; None keeps every region.
         normalize_boxes_by_image_size: pixel boxes are divided by (width, height); set False when boxes are given
@@ -80,7 +81,8 @@ class RegionFeatureProcessor(BaseImageProcessor):
         image_sizes: list of (width, height), required for pixel boxes.
         extra_region_fields: per-region arrays (N_i, ...) padded alongside (e.g. `region_labels` with -100,
             `region_class_probs` with 0); the global region, if added, gets the padding value. Id fields
-            (`INTEGER_REGION_FIELDS`, or any field given as integers) must hold integers.
+            (`INTEGER_REGION_FIELDS`, names ending in `_ids` / `_labels`, or a field every image gives as integers)
+            must hold integers.
 
         Every value is checked: non-finite features / boxes / sizes, boxes outside the image or with x2 < x1,
         non-integral ids and counts that do not match raise a `ValueError` naming the argument and the image index.
@@ -145,7 +147,7 @@ class RegionFeatureProcessor(BaseImageProcessor):
             "visual_attention_mask": _pad([np.ones(len(f), dtype=np.int64) for f in features], 0),
         }
         for name, values in extras.items():
-            values = _region_field(name, values, name in INTEGER_REGION_FIELDS)
+            values = _region_field(name, values, _is_id_field(name))
             if self.add_global_region:
                 values = [np.concatenate([np.full_like(v[:1], _pad_value(v)), v]) for v in values]
             data[name] = _pad([v[: self.max_regions] for v in values], _pad_value(values[0]))
@@ -155,7 +157,9 @@ class RegionFeatureProcessor(BaseImageProcessor):
         if image_size is not None:
             size = _as_array(image_size, "image_sizes", index)
             if size.shape != (2,) or not np.isfinite(size).all() or (size <= 0).any():
-                raise ValueError(f"`image_sizes[{index}]` must be a finite, positive (width, height), got {image_size}.")
+                raise ValueError(
+                    f"`image_sizes[{index}]` must be a finite, positive (width, height), got {image_size}."
+                )
             width, height = float(size[0]), float(size[1])
             limit = np.array([width, height, width, height], dtype=np.float32)
             if (box < -PIXEL_TOLERANCE).any() or (box > limit + PIXEL_TOLERANCE).any():
@@ -179,13 +183,18 @@ class RegionFeatureProcessor(BaseImageProcessor):
         return box
 
 
+def _is_id_field(name):
+    return name in INTEGER_REGION_FIELDS or name.endswith(("_ids", "_labels"))
+
+
 def _region_field(name, arrays, integer):
-    """One dtype per extra region field: int64 for id fields (named in INTEGER_REGION_FIELDS, or given as integers
-    by any image; integral floats are accepted, others refused rather than truncated), float32 otherwise."""
+    """One dtype per extra region field: int64 for id fields (`integer`, or every image gives integers; integral
+    floats are accepted, others refused rather than truncated), float32 otherwise (never rounded to the dtype of
+    the first image)."""
     kinds = {array.dtype.kind for array in arrays if array.size}
     if not kinds <= set("biuf"):
         raise ValueError(f"`{name}` must hold numbers, got arrays of dtype {sorted(str(a.dtype) for a in arrays)}.")
-    integer = integer or bool(kinds & set("biu"))
+    integer = integer or (bool(kinds) and kinds <= set("biu"))
     trailing = {array.shape[1:] for array in arrays if array.size}
     if len(trailing) > 1:
         raise ValueError(f"`{name}` must have the same shape per region in every image, got {sorted(trailing)}.")

@@ -50,7 +50,8 @@ class RegionTextProcessor(ProcessorMixin):
             regions = self.image_processor(visual_feats, boxes, image_sizes, return_tensors=return_tensors, **region_fields)
             if text is not None and len(regions["visual_feats"]) != len(data["input_ids"]):
                 raise ValueError(
-                    f"{len(data['input_ids'])} texts but {len(regions['visual_feats'])} images: each text needs its image."
+                    f"{len(data['input_ids'])} texts but {len(regions['visual_feats'])} images: `text` and "
+                    "`visual_feats` need one entry per example."
                 )
             data.update(regions)
         data = {self.output_names.get(k, k): v for k, v in data.items()}
