@@ -1,8 +1,16 @@
-"""`VLPTrainer`: `transformers.Trainer` that logs each objective's loss, plus the task metrics of the field."""
+"""`VLPTrainer`: `transformers.Trainer` that logs each objective's loss, stops (or skips) on non-finite losses and
+gradients, plus the task metrics of the field."""
+
+import types
 
 import numpy as np
 import torch
 from transformers import Trainer
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+NONFINITE_MODES = ("raise", "skip")
 
 
 class VLPTrainer(Trainer):
@@ -10,9 +18,33 @@ class VLPTrainer(Trainer):
     `router_z_loss`), averaged over the steps since the last log and over processes.
 
     Objectives absent from a step (per-batch objective sampling) are averaged over the steps where they ran.
+
+    Args:
+        nonfinite: what to do when a loss or a gradient is NaN or infinite. The check runs once per optimizer step,
+            after the backward pass of its last micro-batch and before the optimizer (one device sync):
+
+            * `"raise"` (default): stop with a `FloatingPointError` naming the optimizer step, the micro-batch and
+              the objectives, or the parameters whose gradient is not finite. The optimizer has not applied the
+              step, so the model keeps its last finite weights. (`transformers.Trainer` alone would apply the NaN
+              gradients and log the loss of earlier steps instead.)
+            * `"skip"`: drop the step: its gradients are cleared and the optimizer is not called (the learning-rate
+              schedule still advances). Each skip is logged as a warning, every log line carries
+              `nonfinite_skipped_steps`, the number skipped so far, and a log line whose steps were all skipped
+              shows `loss` and `grad_norm` NaN (nothing was measured) rather than 0.
+
+            Under fp16 loss scaling the scaler already skips overflowing steps, so only losses are checked there.
+            In multi-process training the decision is reduced over processes, so all of them stop or skip together.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, nonfinite="raise", **kwargs):
+        if nonfinite not in NONFINITE_MODES:
+            raise ValueError(f"`nonfinite` must be one of {NONFINITE_MODES}, got {nonfinite!r}.")
+        self.nonfinite = nonfinite
+        self.nonfinite_skipped_steps = 0
+        self._skipped_since_log, self._step_at_last_log = 0, 0
+        self._skip_optimizer_step = False
+        self._window_losses: list[torch.Tensor] = []  # losses and objectives of the micro-batches of this step
+        self._window_objectives: list[dict] = []
         super().__init__(*args, **kwargs)
         self._objective_sums: dict[str, torch.Tensor] = {}
         self._objective_counts: dict[str, torch.Tensor] = {}
@@ -20,23 +52,108 @@ class VLPTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if model.training and isinstance(outputs, dict):
+            objectives = {}
             for name, value in outputs.items():
                 if name.endswith("_loss") and torch.is_tensor(value) and value.numel() == 1:
-                    value = value.detach().float()
-                    self._objective_sums[name] = self._objective_sums.get(name, 0) + value
-                    self._objective_counts[name] = self._objective_counts.get(name, 0) + 1
+                    value = value.detach().float().reshape(())
+                    objectives[name] = value
+                    # a non-finite value is reported by the step check; it does not poison the logged average
+                    finite = torch.isfinite(value)
+                    self._objective_sums[name] = self._objective_sums.get(name, 0) + torch.where(finite, value, 0.0)
+                    self._objective_counts[name] = self._objective_counts.get(name, 0) + finite.float()
+            self._window_objectives.append(objectives)
         return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._window_losses.append(loss.detach().float().reshape(-1))
+        if len(self._window_objectives) < len(self._window_losses):  # a custom compute_loss returned no outputs
+            self._window_objectives.append({})
+        if self.accelerator.sync_gradients:  # last micro-batch of the step: gradients are complete (and reduced)
+            self._check_step(model)
+        return loss
+
+    def _check_step(self, model):
+        losses, objectives = self._window_losses, self._window_objectives
+        self._window_losses, self._window_objectives = [], []
+        loss_finite = torch.stack([torch.isfinite(loss).all() for loss in losses])
+        bad_gradients = torch.zeros((), dtype=torch.bool, device=loss_finite.device)
+        named_grads = []
+        # fp16 loss scaling: inf gradients are the scaler's overflow signal, handled by skipping the step itself
+        if self.accelerator.scaler is None and not self.is_deepspeed_enabled:
+            named_grads = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
+            if named_grads:
+                grads_finite = torch.stack([torch.isfinite(grad).all() for _, grad in named_grads])
+                bad_gradients = ~grads_finite.all().to(loss_finite.device)
+        bad = (~loss_finite.all()) | bad_gradients
+        if self.args.world_size > 1:  # every process must stop or skip together
+            bad = self.accelerator.reduce(bad.float().reshape(1), "sum") > 0
+        self._skip_optimizer_step = False
+        if not bool(bad):  # the one device sync of the check
+            return
+        reason = self._describe_nonfinite(losses, objectives, named_grads)
+        step = self.state.global_step + 1
+        if self.nonfinite == "raise":
+            raise FloatingPointError(
+                f"non-finite training values at optimizer step {step}: {reason}. "
+                "The step was not applied. Check that batch's inputs (hf_vlp processors refuse NaN / inf features and "
+                "boxes), lower the learning rate, or pass VLPTrainer(nonfinite='skip') to skip such steps."
+            )
+        model.zero_grad(set_to_none=True)  # no gradient: torch optimizers leave every parameter and its state alone
+        self._skip_optimizer_step = True  # and the guarded optimizer step is not called at all
+        self.nonfinite_skipped_steps += 1
+        self._skipped_since_log += 1
+        logger.warning(
+            f"skipping optimizer step {step}: {reason} ({self.nonfinite_skipped_steps} step(s) skipped so far)."
+        )
+
+    @staticmethod
+    def _describe_nonfinite(losses, objectives, named_grads):
+        for index, (loss, values) in enumerate(zip(losses, objectives)):
+            if not torch.isfinite(loss).all():
+                parts = ", ".join(f"{name}={value.item():.4g}" for name, value in sorted(values.items()))
+                where = f"micro-batch {index + 1} of {len(losses)}" if len(losses) > 1 else "the batch"
+                value = f"{loss.item():g}" if loss.numel() == 1 else str(loss.tolist())
+                return f"loss {value} on {where}" + (f" ({parts})" if parts else "")
+        names = [name for name, grad in named_grads if not torch.isfinite(grad).all()]
+        if names:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            return f"the loss is finite but {len(names)} parameter gradient(s) are not: {shown}"
+        return "another process had a non-finite loss or gradient"
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if optimizer is not None and not getattr(optimizer, "_vlp_guarded_step", False):
+            original_step = optimizer.step
+
+            def guarded_step(opt, *args, **kwargs):
+                if self._skip_optimizer_step:
+                    self._skip_optimizer_step = False
+                    return None
+                return original_step(*args, **kwargs)
+
+            # a bound method, as torch's LR schedulers expect when they wrap `step`
+            optimizer.step = types.MethodType(guarded_step, optimizer)
+            optimizer._vlp_guarded_step = True
+        return optimizer
 
     def log(self, logs, *args, **kwargs):
         if self._objective_sums and "loss" in logs:
             for name in sorted(self._objective_sums):
                 total = self._objective_sums[name].reshape(1)
-                count = torch.tensor([float(self._objective_counts[name])], device=total.device)
+                count = torch.as_tensor(self._objective_counts[name], dtype=torch.float32, device=total.device)
+                count = count.reshape(1)
                 # average over processes: sum of sums / sum of counts
                 if self.args.world_size > 1:
-                    total, count = self.accelerator.reduce(total, "sum"), self.accelerator.reduce(count.to(total.device), "sum")
-                logs[name] = round((total / count).item(), 4)
+                    total, count = self.accelerator.reduce(total, "sum"), self.accelerator.reduce(count, "sum")
+                logs[name] = round((total / count).item(), 4) if count.item() > 0 else float("nan")
             self._objective_sums, self._objective_counts = {}, {}
+        if self.nonfinite == "skip" and "loss" in logs:
+            logs["nonfinite_skipped_steps"] = self.nonfinite_skipped_steps
+            if self._skipped_since_log >= self.state.global_step - self._step_at_last_log > 0:
+                # every step since the last log was skipped: no loss was measured (the Trainer would log 0.0)
+                logs["loss"] = logs["grad_norm"] = float("nan")
+            self._skipped_since_log, self._step_at_last_log = 0, self.state.global_step
         super().log(logs, *args, **kwargs)
 
 

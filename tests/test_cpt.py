@@ -762,7 +762,8 @@ def _nan_features(images, boxes):
 def test_nan_scores_are_an_error_not_a_best_candidate(tiny_uniter, small_tokenizer):
     processor = CptProcessor(small_tokenizer)
     boxes, labels = [[0, 0, 8, 8], [10, 4, 8, 8]], ["circle", "square"]
-    with pytest.raises(ValueError, match=r"candidate scores \(zero_shot\) contain NaN or infinite values"):
+    # NaN features are refused by the model's input check (check_visual_inputs) before any score is computed
+    with pytest.raises(ValueError, match="`visual_feats` holds NaN or infinite values"):
         cpt.ground(tiny_uniter, processor, _random_image(), boxes, "the circle", _nan_features, labels=labels)
     prepared = cpt.grounding_inputs(processor, _random_image(), boxes, "the circle", _mean_colour_features,
                                     labels=labels)
@@ -772,7 +773,7 @@ def test_nan_scores_are_an_error_not_a_best_candidate(tiny_uniter, small_tokeniz
     logits[1, none_id] = 2.0
     with pytest.raises(ValueError, match="at flat indices \\[0\\].*`none` logit"):
         cpt.candidate_scores(logits, prepared, none_id, method="ratio")
-    with pytest.raises(ValueError, match="answer scores contain NaN"):
+    with pytest.raises(ValueError, match="`visual_feats` holds NaN or infinite values"):
         cpt.answer_scores(tiny_uniter, cpt.grounding_inputs(processor, _random_image(), boxes, "the circle",
                                                             _nan_features).inputs)
 

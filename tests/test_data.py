@@ -274,7 +274,8 @@ def _records(dim=2048):
     rng = np.random.default_rng(0)
     return [
         {"image_id": 42, "image_width": 640, "image_height": 480,
-         "boxes": rng.uniform(0, 400, (36, 4)).astype(np.float32), "features": rng.random((36, dim), np.float32)},
+         "boxes": np.sort(rng.uniform(0, 400, (36, 2, 2)), axis=1).reshape(36, 4).astype(np.float32),  # x1<=x2
+         "features": rng.random((36, dim), np.float32)},
         {"image_id": "COCO_val2014_7", "image_width": 100, "image_height": 50,
          "boxes": np.zeros((0, 4), np.float32), "features": np.zeros((0, dim), np.float32)},
     ]

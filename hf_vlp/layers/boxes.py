@@ -8,8 +8,15 @@ derives the location vector its original was trained with, inside the model, so 
 import torch
 
 
-def check_visual_inputs(visual_feats, visual_pos, visual_attention_mask=None, batch_size=None):
-    """Raise a `ValueError` naming the argument when region inputs do not fit together."""
+def check_visual_inputs(visual_feats, visual_pos, visual_attention_mask=None, batch_size=None, feature_dim=None):
+    """Raise a `ValueError` naming the argument when region inputs do not fit together or hold values no model can use.
+
+    Shapes: against each other, the text `batch_size` and the model's `feature_dim`. Values: non-finite features or
+    boxes (anywhere, padding included), boxes of real regions outside [0, 1] (pixel boxes: normalize them by the
+    image size, as `RegionFeatureProcessor` does) or with x2 < x1 / y2 < y1, and an attention mask holding anything
+    but 0 and 1. The value checks read the data, so
+    they are skipped while tracing or compiling (one device sync per call otherwise).
+    """
     if visual_feats is None:
         raise ValueError("`visual_feats` is required: region features of shape (batch, regions, feature_dim).")
     if visual_feats.dim() != 3:
@@ -34,6 +41,58 @@ def check_visual_inputs(visual_feats, visual_pos, visual_attention_mask=None, ba
         raise ValueError(
             f"text batch size {batch_size} and image batch size {visual_feats.shape[0]} (`visual_feats`) differ."
         )
+    if feature_dim is not None and visual_feats.shape[-1] != feature_dim:
+        raise ValueError(
+            f"`visual_feats` must have {feature_dim} features per region (the config's visual feature size), got "
+            f"{visual_feats.shape[-1]}."
+        )
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or visual_feats.device.type == "meta":
+        return
+    # normalized detector boxes may exceed [0, 1] by rounding; pixel boxes are far outside
+    tolerance = 1e-2
+    boxes = visual_pos.detach()
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    # padded regions may hold any box, but no nan / inf: attention gives them weight 0, and 0 * nan is nan
+    real = torch.ones_like(x1, dtype=torch.bool)
+    if visual_attention_mask is not None:
+        real = visual_attention_mask.detach() != 0
+    problems = {  # name -> (batch, regions) bool map of offending regions, checked in this order
+        "visual_feats non-finite": ~torch.isfinite(visual_feats.detach()).all(-1),
+        "visual_pos non-finite": ~torch.isfinite(boxes).all(-1),
+        "visual_pos range": ((boxes < -tolerance) | (boxes > 1 + tolerance)).any(-1) & real,
+        "visual_pos order": ((x2 < x1 - tolerance) | (y2 < y1 - tolerance)) & real,
+    }
+    if visual_attention_mask is not None and visual_attention_mask.dtype != torch.bool:
+        mask = visual_attention_mask.detach()
+        problems["visual_attention_mask"] = (mask != 0) & (mask != 1)
+    found = torch.stack([bad.any() for bad in problems.values()]).tolist()  # one sync for every check
+    if not any(found):
+        return
+    name, bad = next((name, bad) for (name, bad), hit in zip(problems.items(), found) if hit)
+    example, region = (int(i) for i in bad.nonzero()[0])
+    where = f"example {example}, region {region}"
+    if name == "visual_feats non-finite":
+        raise ValueError(
+            f"`visual_feats` holds NaN or infinite values at {where} ({int(bad.sum())} region(s) in all)."
+        )
+    box = [round(float(v), 4) for v in visual_pos[example, region]]
+    if name == "visual_pos non-finite":
+        raise ValueError(f"`visual_pos` holds NaN or infinite values at {where}: {box}.")
+    if name == "visual_pos range":
+        raise ValueError(
+            f"`visual_pos` must be x1,y1,x2,y2 normalized to [0, 1] by the image width and height; {where} is {box}. "
+            "Pixel boxes? Divide by (width, height, width, height), as RegionFeatureProcessor does."
+        )
+    if name == "visual_pos order":
+        raise ValueError(
+            f"`visual_pos` must be x1,y1,x2,y2 with x2 >= x1 and y2 >= y1; {where} is {box}. "
+            "x,y,w,h boxes must be converted to corners first."
+        )
+    value = visual_attention_mask[example, region].item()
+    raise ValueError(
+        f"`visual_attention_mask` must hold 0 (padding) or 1 (region), got {value} at {where}; soft masks are not "
+        "supported."
+    )
 
 
 def box_location_features(visual_pos: torch.Tensor, kind: str) -> torch.Tensor:

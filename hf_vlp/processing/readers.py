@@ -1,6 +1,7 @@
 """Readers (and a writer) for the region-feature files people already have.
 
-Both return one dict per image, the form `RegionFeatureProcessor` and `hf_vlp.data` loaders take:
+Both return one dict per image, the form `RegionFeatureProcessor` and `hf_vlp.data` loaders take, after refusing
+(with the line / file and the image id) NaN or infinite values, boxes with x2 < x1 or y2 < y1 and non-positive sizes:
 
     {"image_id": int | str, "image_width": int, "image_height": int,
      "boxes": float32 (N, 4) pixel x1, y1, x2, y2, "features": float32 (N, D)}
@@ -56,6 +57,27 @@ def _decode(field: str, count: int, width: int | None, name: str, where: str) ->
     return flat.reshape(count, width).copy()  # copy: frombuffer arrays are read-only
 
 
+def _check_record(record: dict, where: str) -> dict:
+    """Refuse values no model can use, naming the file position and image id: non-positive image sizes, NaN / inf
+    boxes or features, boxes with x2 < x1 or y2 < y1."""
+    where = f"{where} (image_id {record['image_id']!r})"
+    if record["image_width"] <= 0 or record["image_height"] <= 0:
+        raise ValueError(f"{where}: image size must be positive, got {record['image_width']}x{record['image_height']}")
+    for name in ("boxes", "features"):
+        finite = np.isfinite(record[name])
+        if not finite.all():
+            row, column = (int(i) for i in np.argwhere(~finite)[0])
+            raise ValueError(f"{where}: {name} hold {int((~finite).sum())} NaN or infinite value(s), first at box "
+                             f"{row}, column {column}")
+    boxes = record["boxes"]
+    flipped = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    if flipped.any():
+        row = int(np.argmax(flipped))
+        raise ValueError(f"{where}: boxes must be x1, y1, x2, y2 with x2 >= x1 and y2 >= y1; box {row} is "
+                         f"{boxes[row].tolist()} ({int(flipped.sum())} such box(es))")
+    return record
+
+
 def read_bua_tsv(path: str | os.PathLike, fieldnames: tuple[str, ...] = BUA_TSV_FIELDS) -> Iterator[dict]:
     """Iterate over a bottom-up-attention TSV file, one dict per image (module docstring).
 
@@ -74,16 +96,18 @@ def read_bua_tsv(path: str | os.PathLike, fieldnames: tuple[str, ...] = BUA_TSV_
                 raise ValueError(f"{where}: expected {len(fieldnames)} tab-separated columns {fieldnames}")
             try:
                 num_boxes, width, height = int(row["num_boxes"]), int(float(row["image_w"])), int(float(row["image_h"]))
-            except ValueError:
-                raise ValueError(f"{where}: num_boxes / image_w / image_h must be numbers, got "
+            except (ValueError, OverflowError):  # OverflowError: int(float("inf"))
+                raise ValueError(f"{where}: num_boxes / image_w / image_h must be finite numbers, got "
                                  f"{row['num_boxes']!r} / {row['image_w']!r} / {row['image_h']!r}") from None
-            yield {
+            if num_boxes < 0:
+                raise ValueError(f"{where}: num_boxes must be >= 0, got {num_boxes}")
+            yield _check_record({
                 "image_id": _image_id(row["image_id"]),
                 "image_width": width,
                 "image_height": height,
                 "boxes": _decode(row["boxes"], num_boxes, 4, "boxes", where),
                 "features": _decode(row["features"], num_boxes, None, "features", where),
-            }
+            }, where)
 
 
 def write_bua_tsv(path: str | os.PathLike, records: Iterable[dict]) -> int:
@@ -103,6 +127,7 @@ def write_bua_tsv(path: str | os.PathLike, records: Iterable[dict]) -> int:
             if features.ndim != 2 or features.shape[0] != boxes.shape[0]:
                 raise ValueError(f"records[{index}]['features'] must have shape (N={boxes.shape[0]}, D), got "
                                  f"{features.shape}")
+            _check_record({**record, "boxes": boxes, "features": features}, f"records[{index}]")
             writer.writerow([
                 record["image_id"], int(record["image_width"]), int(record["image_height"]), boxes.shape[0],
                 base64.b64encode(boxes.tobytes()).decode("ascii"),
@@ -138,10 +163,16 @@ def read_npz_features(paths: str | os.PathLike | Iterable[str | os.PathLike]) ->
             if "num_bbox" in data.files and int(data["num_bbox"]) != boxes.shape[0]:
                 raise ValueError(f"{path}: num_bbox={int(data['num_bbox'])} but boxes has {boxes.shape[0]} rows")
             image_id = data["image_id"].item() if "image_id" in data.files else _image_id(Path(path).stem)
-            yield {
+            sizes = _npz_value(data, path, "image_width"), _npz_value(data, path, "image_height")
+            try:
+                width, height = int(sizes[0]), int(sizes[1])
+            except (TypeError, ValueError, OverflowError):  # NaN / inf / an array instead of a number
+                raise ValueError(f"{path}: the image width / height must be finite numbers, got {sizes[0]!r} / "
+                                 f"{sizes[1]!r}") from None
+            yield _check_record({
                 "image_id": image_id,
-                "image_width": int(_npz_value(data, path, "image_width")),
-                "image_height": int(_npz_value(data, path, "image_height")),
+                "image_width": width,
+                "image_height": height,
                 "boxes": boxes,
                 "features": features,
-            }
+            }, str(path))

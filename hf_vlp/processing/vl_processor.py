@@ -30,6 +30,11 @@ class RegionTextProcessor(ProcessorMixin):
         return_tensors="pt",
         **region_fields,
     ):
+        if text is None and visual_feats is None and boxes is None:
+            raise ValueError("nothing to process: pass `text`, `visual_feats` with `boxes`, or both.")
+        if visual_feats is None and boxes is None and (image_sizes is not None or region_fields):
+            given = (["image_sizes"] if image_sizes is not None else []) + sorted(region_fields)
+            raise ValueError(f"{', '.join(f'`{name}`' for name in given)} given without `visual_feats` and `boxes`.")
         data = {}
         if text is not None:
             data.update(
@@ -45,7 +50,8 @@ class RegionTextProcessor(ProcessorMixin):
             regions = self.image_processor(visual_feats, boxes, image_sizes, return_tensors=return_tensors, **region_fields)
             if text is not None and len(regions["visual_feats"]) != len(data["input_ids"]):
                 raise ValueError(
-                    f"{len(data['input_ids'])} texts but {len(regions['visual_feats'])} images: each text needs its image."
+                    f"{len(data['input_ids'])} texts but {len(regions['visual_feats'])} images: `text` and "
+                    "`visual_feats` need one entry per example."
                 )
             data.update(regions)
         data = {self.output_names.get(k, k): v for k, v in data.items()}

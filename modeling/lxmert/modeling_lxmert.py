@@ -36,6 +36,7 @@ from transformers.models.lxmert.modeling_lxmert import (
 )
 from transformers.utils import can_return_tuple
 
+from hf_vlp.layers import check_visual_inputs
 from hf_vlp.pretraining.losses import masked_cross_entropy, soft_score_loss, zero_loss
 
 # Default LoRA targets: query/key/value of every attention (language, relational, cross-modality, and the
@@ -108,6 +109,7 @@ def _check_lxmert_inputs(input_ids, visual_feats, visual_pos, visual_attention_m
         raise ValueError(
             f"`input_ids` batch {input_ids.shape[0]} and `visual_feats` batch {visual_feats.shape[0]} differ."
         )
+    check_visual_inputs(visual_feats, visual_pos, visual_attention_mask)  # values: finite, boxes in [0, 1], 0/1 mask
 
 
 class LxmertModel(_HfVlpLxmertMixin, hf.LxmertModel):

@@ -62,8 +62,8 @@ class OscarProcessor(RegionTextProcessor):
                     raise ValueError(
                         "`region_labels` holds class ids: build the processor with `region_class_names` to name them."
                     )
-                elif not 0 <= int(label) < len(self.region_class_names):
-                    raise ValueError(f"region label {label} of image {index} is outside region_class_names.")
+                elif not (float(label).is_integer() and 0 <= int(label) < len(self.region_class_names)):
+                    raise ValueError(f"`region_labels[{index}]` holds {label}, not an id into region_class_names.")
                 else:
                     names.append(self.region_class_names[int(label)])
             # the original joins the label strings with spaces; multi-word names stay several words

@@ -181,7 +181,9 @@ class UniterModel(UniterPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of `input_ids` and `inputs_embeds`.")
         text_shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
-        check_visual_inputs(visual_feats, visual_pos, visual_attention_mask, batch_size=text_shape[0])
+        check_visual_inputs(
+            visual_feats, visual_pos, visual_attention_mask, text_shape[0], feature_dim=self.config.visual_feat_dim
+        )
         if attention_mask is not None and attention_mask.shape != text_shape:
             raise ValueError(f"`attention_mask` must have shape {tuple(text_shape)}, got {tuple(attention_mask.shape)}.")
         if region_mask is not None and region_mask.shape != visual_feats.shape[:2]:
