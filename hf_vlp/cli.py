@@ -1,7 +1,6 @@
 """`hf-vlp`: convert | train | eval | demo | bench | push | cpt."""
 
 import argparse
-import importlib
 import sys
 
 
