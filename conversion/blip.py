@@ -37,7 +37,12 @@ from hf_vlp.modeling.blip import (
     with_first_token,
 )
 
-from .common import ConversionError, KeyMap, Skipped, load_mapped_state, read_json
+from .common import ConversionError, KeyMap, Skipped, check_options, load_mapped_state, read_json
+
+# shared/fixtures/blip/README.md: transformers' Blip classes match the original bit for bit; 1e-4
+# is the shared default, and no relative term is suggested there
+VERIFY_ATOL = 1e-4
+VERIFY_RTOL = 0.0
 
 TASKS = {
     "pretraining": BlipForPreTraining,
@@ -252,8 +257,7 @@ def convert(checkpoint, config=None, task=None, image_size=None, momentum=None, 
     image_size: input resolution of the converted model (position table resized when it differs).
     momentum: keep momentum encoders + queues (default: yes for pretraining, no for retrieval).
     """
-    if options:
-        raise ValueError(f"unknown option(s) for the BLIP converter: {sorted(options)}")
+    check_options(convert, options)
     state, run_config = load_original(checkpoint)
     detected = detect_task(state)
     task = task or detected

@@ -2,7 +2,10 @@
 
 Accepted files:
 * the released TorchScript archives (`RN50.pt` ... `ViT-L-14-336px.pt`; mixed fp16/fp32 tensors, three extra int
-  buffers `input_resolution` / `context_length` / `vocab_size`): read with `torch.jit.load(...).state_dict()`;
+  buffers `input_resolution` / `context_length` / `vocab_size`): read as data with `common.load_torchscript_state`
+  (what `torch.jit.load(...).state_dict()` returns, without running the archive's code; an archive whose classes
+  restore themselves with their own `__setstate__` is refused unless `trust_torchscript=True`, which uses
+  `torch.jit.load` and so executes that code);
 * plain state dicts (`torch.save(model.state_dict())`, what `build_model` accepts and fine-tuning code saves), also
   wrapped as `{"state_dict": ...}` with a `module.` prefix (open_clip's loader accepts that form).
 Every tensor is cast to fp32 (what the original does on CPU).
@@ -21,7 +24,6 @@ Input mapping: `clip.tokenize` ids -> `input_ids` (int64; the original passes no
 """
 
 import re
-import zipfile
 from pathlib import Path
 
 import torch
@@ -29,9 +31,20 @@ from transformers import CLIPConfig
 
 from hf_vlp.modeling.clip import CLIPForPreTraining, CLIPResNetConfig, CLIPResNetModel
 
-from .common import ConversionError, KeyMap, Skipped, load_checkpoint, load_mapped_state
+from .common import (
+    ConversionError,
+    KeyMap,
+    Skipped,
+    check_options,
+    is_torchscript_archive,
+    load_checkpoint,
+    load_mapped_state,
+    load_torchscript_state,
+)
 
+# shared/fixtures/clip/README.md: transformers' CLIPModel matches the original within 2e-6; no relative term
 VERIFY_ATOL = 1e-4
+VERIFY_RTOL = 0.0
 
 # entries of the released archives that are not weights (build_model deletes them)
 ARCHIVE_EXTRAS = ("input_resolution", "context_length", "vocab_size")
@@ -98,22 +111,22 @@ RESNET_KEY_MAP = KeyMap(
 )
 
 
-def is_torchscript_archive(path: Path) -> bool:
-    """A TorchScript zip holds `<name>/constants.pkl` (and code/); a `torch.save` zip does not."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/constants.pkl") or name == "constants.pkl" for name in archive.namelist())
+def load_original_state(path, trust_torchscript=False) -> dict:
+    """`{name: fp32 tensor}` from a TorchScript archive or a (possibly wrapped) state dict.
 
-
-def load_original_state(path) -> dict:
-    """`{name: fp32 tensor}` from a TorchScript archive or a (possibly wrapped) state dict."""
+    A TorchScript archive is read without running it (`common.load_torchscript_state`). `trust_torchscript=True`
+    loads it with `torch.jit.load` instead, which executes code stored in the file (custom `__setstate__` methods):
+    only for files from a source you trust, when the data-only reader refuses them."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if not isinstance(trust_torchscript, bool):
+        raise ValueError(f"trust_torchscript must be true or false, got {trust_torchscript!r}")
     if is_torchscript_archive(path):
-        # loading TorchScript executes no Python pickle code; we only read the parameters and buffers
-        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        if trust_torchscript:
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        else:
+            state = load_torchscript_state(path)
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     else:
         state = load_checkpoint(path)
@@ -192,14 +205,16 @@ def config_from_state(state: dict):
     )
 
 
-def convert(checkpoint, config=None, **options):
+def convert(checkpoint, config=None, trust_torchscript=False, **options):
     """OpenAI CLIP checkpoint (TorchScript archive or state dict) -> `CLIPForPreTraining` (ViT) or `CLIPResNetModel`.
 
     `config` must be None: the original format has no config file and every size is in the tensor shapes.
+    `trust_torchscript`: read a TorchScript archive with `torch.jit.load`, running its code (see `load_original_state`).
     """
+    check_options(convert, options)
     if config is not None:
         raise ValueError("config: OpenAI CLIP checkpoints carry their sizes in the tensor shapes; pass no config")
-    state = load_original_state(checkpoint)
+    state = load_original_state(checkpoint, trust_torchscript)
     required = ("token_embedding.weight", "ln_final.weight", "text_projection", "logit_scale", "positional_embedding")
     missing = [k for k in required if k not in state]
     if missing or not any(k.startswith("visual.") for k in state):
@@ -226,7 +241,11 @@ def build_processor(checkpoint, config=None, tokenizer=None):
     from hf_vlp.modeling.clip import build_clip_processor
     from hf_vlp.modeling.clip.processing_clip import default_bpe_path
 
-    hf_config = config_from_state(load_original_state(checkpoint))
+    try:
+        hf_config = config_from_state(load_original_state(checkpoint))
+    except ConversionError as error:  # an archive only `trust_torchscript` reads: its sizes are not read twice
+        print(f"no processor saved: {error}")
+        return None
     try:
         bpe = default_bpe_path()
     except ValueError as error:

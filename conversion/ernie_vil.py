@@ -37,10 +37,12 @@ from hf_vlp.modeling.ernie_vil import (
     ErnieVilModel,
 )
 
-from .common import ConversionError, KeyMap, Skipped, load_mapped_state, read_json
+from .common import ConversionError, KeyMap, Skipped, check_options, load_mapped_state, read_json
 from .paddle_format import read_paddle_params, write_paddle_params
 
+# no shared fixture (tests dump one from the Paddle layout): the shared default, no relative term
 VERIFY_ATOL = 1e-4
+VERIFY_RTOL = 0.0
 
 # (Paddle name template, hf_vlp key template); {L} text layer, {V} visual layer, {K} co-attention block.
 _BLOCK = [
@@ -247,8 +249,7 @@ def _flag(value):
 def convert(checkpoint, config=None, head=None, task_prefix=None, ignore_unknown=False, **options):
     """Released ERNIE-ViL parameter folder -> hf_vlp model (see the module docstring)."""
     ignore_unknown = _flag(ignore_unknown)
-    if options:
-        raise ConversionError(f"unknown ERNIE-ViL conversion options: {sorted(options)}")
+    check_options(convert, options)
     params_dir, found_config = _find_params(checkpoint)
     try:
         params = read_paddle_params(params_dir)

@@ -39,7 +39,7 @@ from transformers import SwitchTransformersConfig
 
 from hf_vlp.modeling.switch_transformers import SwitchTransformersForConditionalGeneration
 
-from .common import ConversionError, Skipped, load_mapped_state, read_json
+from .common import ConversionError, Skipped, check_options, load_mapped_state, read_json
 
 ATTENTION = {"query": "q", "key": "k", "value": "v", "out": "o"}
 ENCODER_PARTS = {"attention": 0, "pre_attention_layer_norm": 0, "mlp": 1, "pre_mlp_layer_norm": 1}
@@ -200,8 +200,7 @@ def convert(checkpoint, config=None, **options):
     """Flattened T5X Switch parameters (.npz / .safetensors / dict) -> hf_vlp SwitchTransformersForConditionalGeneration.
 
     config: a transformers config.json path or dict whose fields override what the shapes give."""
-    if options:
-        raise ValueError(f"unknown option(s) for the Switch Transformers converter: {sorted(options)}")
+    check_options(convert, options)
     params = read_flat_params(checkpoint)
     overrides = config if isinstance(config, dict) or config is None else read_json(config)
     if overrides:

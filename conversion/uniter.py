@@ -28,7 +28,12 @@ from hf_vlp.modeling.uniter import (
     UniterForVisualReasoning,
 )
 
-from .common import ConversionError, KeyMap, Skipped, load_checkpoint, load_mapped_state, read_json
+from .common import ConversionError, KeyMap, Skipped, check_options, load_checkpoint, load_mapped_state, read_json
+
+# shared/fixtures/uniter/README.md suggests atol=1e-4, rtol=1e-4 (an independent re-implementation
+# matched within 5.7e-6); rtol 1e-5 absorbs fp32 rounding of large outputs and stays far below every typical mistake
+VERIFY_ATOL = 1e-4
+VERIFY_RTOL = 1e-5
 
 KEY_MAP = KeyMap(
     renames=[
@@ -132,6 +137,7 @@ def convert(checkpoint, config=None, **options):
     `config`: the original model config JSON (e.g. `config/uniter-base.json`); defaults to the run directory's
     `log/model.json`. Pretraining heads absent from the file (e.g. `*-init.pt`) are freshly initialised.
     """
+    check_options(convert, options)
     checkpoint = Path(checkpoint)
     hps = answers = None
     if checkpoint.is_dir():

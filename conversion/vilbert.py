@@ -40,10 +40,12 @@ from hf_vlp.modeling.vilbert import (
     VilbertForVisualReasoning,
 )
 
-from .common import ConversionError, KeyMap, Skipped, load_checkpoint, load_mapped_state, read_json
+from .common import ConversionError, KeyMap, Skipped, check_options, load_checkpoint, load_mapped_state, read_json
 
-# the fixture README's recommended tolerance: tight enough to catch LayerNorm eps 1e-5 instead of 1e-12
+# shared/fixtures/vilbert/README.md's suggested tolerance (atol=5e-5, rtol=1e-5): tight enough to catch LayerNorm eps 1e-5
+# instead of 1e-12; a larger rtol would hide that mistake on logits of size ~10
 VERIFY_ATOL = 5e-5
+VERIFY_RTOL = 1e-5
 
 _C = r"^bert\.encoder\.c_layer\.(\d+)\."
 _OURS_C = r"vilbert.encoder.c_layer.\1."
@@ -238,8 +240,7 @@ def _flag(value):
 def convert(checkpoint, config=None, head=None, visual_target=None, task_specific_tokens=None, drop_task_heads=False, **options):
     """Original ViLBERT checkpoint -> hf_vlp model (see the module docstring for the accepted files and options)."""
     task_specific_tokens, drop_task_heads = _flag(task_specific_tokens), _flag(drop_task_heads)
-    if options:
-        raise ConversionError(f"unknown ViLBERT conversion options: {sorted(options)}")
+    check_options(convert, options)
     state = _load_state(checkpoint)
     if "bert.embeddings.word_embeddings.weight" not in state:
         raise ConversionError(
@@ -382,4 +383,4 @@ def fixture_checkpoints(fixture_dir):
     return [(path, configs[0]) for path in sorted(fixture_dir.glob("*.bin"))]
 
 
-__all__ = ["KEY_MAP", "VERIFY_ATOL", "config_from_original", "convert", "fixture_checkpoints", "fixture_outputs"]
+__all__ = ["KEY_MAP", "VERIFY_ATOL", "VERIFY_RTOL", "config_from_original", "convert", "fixture_checkpoints", "fixture_outputs"]

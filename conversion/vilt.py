@@ -39,9 +39,19 @@ from transformers import ViltConfig, ViltForImagesAndTextClassification, ViltFor
 
 from hf_vlp.modeling.vilt import ViltForImageTextRetrieval, ViltForPreTraining, word_patch_alignment
 
-from .common import ConversionError, KeyMap, Skipped, load_mapped_state, read_json
+from .common import (
+    ConversionError,
+    KeyMap,
+    Skipped,
+    check_options,
+    is_torchscript_archive,
+    load_mapped_state,
+    read_json,
+)
 
+# shared/fixtures/vilt/README.md: transformers' ViLT matches the original within 4e-6; no relative term
 VERIFY_ATOL = 1e-4
+VERIFY_RTOL = 0.0
 
 KEY_MAP = KeyMap(
     renames=[
@@ -147,6 +157,8 @@ def load_lightning_checkpoint(path) -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if is_torchscript_archive(path):  # torch.load(weights_only=False) would hand it to torch.jit.load, which runs it
+        raise ConversionError(f"{path} is a TorchScript archive, not a Lightning checkpoint")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -235,6 +247,7 @@ def convert(checkpoint, config=None, task=None, **options):
     config: the original sacred config as JSON (optional: the checkpoint's `hyper_parameters.config` is used).
     task: None (from the head keys), "retrieval" (start `rank_output` from `itm_score.fc`) or "backbone".
     """
+    check_options(convert, options)
     if task not in (None, "retrieval", "backbone"):
         raise ValueError(f"task must be None, 'retrieval' or 'backbone', got {task!r}")
     state, original = _state_and_config(checkpoint, config)

@@ -37,11 +37,18 @@ from .common import (
     ConversionError,
     KeyMap,
     Skipped,
+    check_options,
     load_checkpoint,
     load_mapped_state,
-    parse_option_values,
     read_json,
 )
+
+# shared/fixtures/visual_bert/README.md suggests atol=1e-4, rtol=1e-4 (transformers matched within
+# 5.5e-6); rtol 1e-5 absorbs fp32 rounding of large outputs, far below the smallest mistake listed (7.2e-4)
+VERIFY_ATOL = 1e-4
+VERIFY_RTOL = 1e-5
+# options other than the keyword parameters of `convert` override fields of the converted config
+CONFIG_OVERRIDES = VisualBertConfig
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +185,7 @@ def convert(checkpoint, config=None, head=None, training_config=None, **options)
     `head`: force the original `training_head_type` ("pretraining", "vqa", "nlvr", "multichoice"); other options
     override config fields.
     """
+    overrides = _config_overrides(options)
     state = _strip_module_prefix(load_checkpoint(checkpoint))
     if "bert.bert.embeddings.word_embeddings.weight" not in state:
         raise ConversionError(
@@ -190,7 +198,7 @@ def convert(checkpoint, config=None, head=None, training_config=None, **options)
     if training_config is not None:
         declared_head = read_original_config(training_config)[1] or declared_head
     head = head_type_from_keys(state, head or declared_head)
-    hf_config = config_from_original(state, sizes, head, **_config_overrides(options))
+    hf_config = config_from_original(state, sizes, head, **overrides)
 
     decoder = state.get("bert.cls.predictions.decoder.weight")
     if decoder is not None and not torch.equal(decoder, state["bert.bert.embeddings.word_embeddings.weight"]):
@@ -211,7 +219,7 @@ def convert(checkpoint, config=None, head=None, training_config=None, **options)
 
 
 def _config_overrides(options):
-    return parse_option_values(options)
+    return check_options(convert, options, CONFIG_OVERRIDES)
 
 
 # ------------------------------------------------------------------------------------------------------------------

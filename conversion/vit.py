@@ -27,9 +27,11 @@ from transformers import ViTConfig, ViTForImageClassification, ViTModel
 
 from hf_vlp.modeling.vit import ViTForImageClassificationWithRepresentation, ViTRepresentationConfig
 
-from .common import ConversionError, KeyMap, Skipped, load_mapped_state
+from .common import ConversionError, KeyMap, Skipped, check_options, load_mapped_state
 
+# shared/fixtures/vit/README.md: transformers' ViT matches the Flax original within 3e-6; no relative term
 VERIFY_ATOL = 1e-4
+VERIFY_RTOL = 0.0
 
 # Linen and pre-Linen module names inside `encoderblock_N` -> one canonical spelling
 _BLOCK_SPELLINGS = [
@@ -158,6 +160,7 @@ def convert(checkpoint, config=None, task="classification", **options):
         dropped).
     config: optional JSON/dict of `id2label` etc. merged into the inferred config (sizes must agree).
     """
+    check_options(convert, options)
     if task not in ("classification", "backbone"):
         raise ValueError(f"task must be 'classification' or 'backbone', got {task!r}")
     flat = load_npz(checkpoint)

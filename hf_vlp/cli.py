@@ -1,34 +1,42 @@
 """`hf-vlp`: convert | train | eval | demo | bench | push | cpt."""
 
 import argparse
-import importlib
 import sys
 
 
 def _convert(args):
+    from pathlib import Path
+
     from .conversion import common
 
-    module = importlib.import_module(f"hf_vlp.conversion.{args.arch}")
-    options = dict(option.split("=", 1) for option in args.option)
+    try:  # everything that can be checked before loading a checkpoint
+        module = common.load_converter(args.arch)
+        options = common.check_options(
+            module.convert, common.parse_option_strings(args.option), getattr(module, "CONFIG_OVERRIDES", None)
+        )
+        inputs = [args.checkpoint, args.config, args.tokenizer, args.verify]
+        inputs += [value for value in options.values() if isinstance(value, str) and Path(value).exists()]
+        if args.output:
+            common.check_output_folder(args.output, inputs, overwrite=args.overwrite)
+    except ValueError as error:
+        print(f"hf-vlp convert: error: {error}", file=sys.stderr)
+        return 2
     model = module.convert(args.checkpoint, args.config, **options)
     print(f"converted {args.checkpoint} -> {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters)")
-    ok, atol = True, None
+    report = None
     if args.verify:
-        atol = args.atol if args.atol is not None else getattr(module, "VERIFY_ATOL", 1e-4)
-        ok = common.verify(module, model, args.verify, atol=atol)
-    if not ok:
-        print("verification FAILED: nothing saved or pushed")
-        return 1
+        report = common.verify(module, model, args.verify, atol=args.atol, rtol=args.rtol)
+        if not report.passed:
+            print("verification FAILED: nothing saved or pushed")
+            return 1
     if hasattr(module, "build_processor"):  # the format knows its own processor (tokenizer, image geometry)
         processor = module.build_processor(args.checkpoint, args.config, tokenizer=args.tokenizer)
     else:
         processor = _processor_for(model, args.tokenizer) if args.tokenizer else None
-    card = dict(conversion=f"Converted from the original `{args.checkpoint}` with `hf-vlp convert {args.arch}`"
-                + (f", verified against `{args.verify}` (max abs diff <= {atol:g})." if args.verify else "."))
+    conversion = f"Converted from the original `{Path(args.checkpoint).name}` with `hf-vlp convert {args.arch}`."
+    card = dict(conversion=conversion + ("\n\n" + report.card_text() if report is not None else " Not verified."))
     if args.output:
-        from .hub import save_for_hub
-
-        save_for_hub(model, processor, args.output, **card)
+        common.save_converted(model, processor, args.output, inputs, overwrite=args.overwrite, **card)
         print(f"saved to {args.output}")
     if args.push_to_hub:
         from .hub import push_to_hub
@@ -127,7 +135,11 @@ def main(argv=None):
     convert.add_argument("--config", default=None, help="the original model config file, where the format needs it")
     convert.add_argument("--output", default=None, help="save the converted model in Hub layout here")
     convert.add_argument("--verify", default=None, metavar="FIXTURE_DIR", help="inputs/outputs.safetensors saved from the original code")
-    convert.add_argument("--atol", type=float, default=None)
+    convert.add_argument("--atol", type=float, default=None, help="default: the converter's VERIFY_ATOL")
+    convert.add_argument("--rtol", type=float, default=None, help="default: the converter's VERIFY_RTOL")
+    convert.add_argument(
+        "--overwrite", action="store_true", help="write into a non-empty --output (replaces only the files it writes)"
+    )
     convert.add_argument("--tokenizer", default=None, metavar="DIR", help="tokenizer files to save as the processor")
     convert.add_argument("--push-to-hub", dest="push_to_hub", default=None, metavar="REPO")
     convert.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="converter-specific option")

@@ -34,7 +34,7 @@ def regions(batch, count, feature_size, rng):
     """`visual_feats` (B, R, D), `visual_pos` (B, R, 4) normalized x1, y1, x2, y2 and `visual_attention_mask`
     (B, R) with the last row's last region padded."""
     corners = torch.rand(batch, count, 2, generator=rng) * 0.5
-    sizes = torch.rand(batch, count, 2, generator=rng) * 0.5 + 0.05
+    sizes = torch.rand(batch, count, 2, generator=rng) * 0.45 + 0.05  # corners + sizes stay inside [0, 1]
     visual_attention_mask = torch.ones(batch, count, dtype=torch.long)
     if batch > 1 and count > 1:
         visual_attention_mask[-1, -1] = 0

@@ -83,7 +83,7 @@ def with_value(arrays, image, index, value):
     return arrays
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tokenizer():
     folder = Path(tempfile.mkdtemp(prefix="hf_vlp_vocab_"))
     (folder / "vocab.txt").write_text("\n".join(WORDS) + "\n")
@@ -513,7 +513,7 @@ COATTENTION = dict(v_feature_size=DIM, v_hidden_size=16, v_num_attention_heads=2
                    v_biattention_id=[0, 1], t_biattention_id=[0, 1], num_hidden_layers=2, v_num_hidden_layers=2)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def model_and_inputs(arch):
     """A tiny model and a valid batch of 2 examples x 3 regions (the last region of example 1 is padding)."""
     torch.manual_seed(0)
@@ -663,7 +663,7 @@ if __name__ == "__main__":
         row[result if result in ("clear error", "correct") else "anything else"] += 1
         if result.startswith("anything else"):
             others.append(f"  {item.area}: {item.name}: {result[15:]}")
-    print(f"| area | tried | clear error | correct | anything else |\n|---|---|---|---|---|")
+    print("| area | tried | clear error | correct | anything else |\n|---|---|---|---|---|")
     for area, row in table.items():
         print(f"| {area} | " + " | ".join(str(v) for v in row.values()) + " |")
     total = {key: sum(row[key] for row in table.values()) for key in next(iter(table.values()))}

@@ -86,7 +86,8 @@ def test_fixture_parity_every_output_across_checkpoints():
     for checkpoint in checkpoints:
         model = conversion.convert(checkpoint, bert_config)
         lines = []
-        assert common.verify(conversion, model, folder, atol=1e-4, print_fn=lines.append), "\n".join(lines)
+        # the converter's tolerances (atol + rtol * |ref|, from the fixture README): fp32 rounding grows with magnitude
+        assert common.verify(conversion, model, folder, print_fn=lines.append), "\n".join(lines)
         verified.update({line.split(":")[0]: line for line in lines if line.endswith(" ok")})
     missing = sorted(set(reference) - set(verified))
     assert not missing, f"outputs no checkpoint verified: {missing}"

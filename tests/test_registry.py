@@ -42,7 +42,7 @@ def test_every_architecture_folder_declares_specs_that_resolve():
         config_class = spec.config_class
         assert config_class.model_type == spec.model_type, spec.name
         assert callable(resolve(spec.example_inputs)), spec.name
-        for task, head in spec.heads.items():
+        for task in spec.heads:
             model_class = spec.model_class(task)
             assert issubclass(model_class, torch.nn.Module), (spec.name, task)
             assert issubclass(config_class, model_class.config_class), (spec.name, task, model_class.config_class)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+
 import hf_vlp
 from hf_vlp.conversion import switch_transformers as switch_conversion
 from hf_vlp.conversion.common import ConversionError
@@ -73,7 +74,7 @@ def test_vlp_trainer_logs_router_losses_separately(tmp_path):
     torch.manual_seed(0)
     model = SwitchTransformersForConditionalGeneration(tiny_config())
     input_ids, labels = tiny_batch()
-    rows = [{"input_ids": i, "labels": l} for i, l in zip(input_ids, labels)]
+    rows = [{"input_ids": i, "labels": label_ids} for i, label_ids in zip(input_ids, labels)]
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=6, learning_rate=3e-3, logging_steps=3,
         report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True,
