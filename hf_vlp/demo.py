@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor
+from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor, TrainerCallback
 
 from .data import SHAPES_VQA_ANSWERS, shapes_dataset
 from .hub import save_for_hub
@@ -27,6 +27,22 @@ PRETRAINING_OBJECTIVES = ("mlm", "mrfr", "mrc_kl", "itm")
 # 5e-4 rather than 1e-3: at 1e-3 the small model's loss wanders back up for hundreds of steps after it has
 # started to read the image (docs/data.md, "Does the model look at the image?").
 LEARNING_RATE = 5e-4
+
+
+class _Deadline(TrainerCallback):
+    """Stops training once `seconds` have passed: the step-time estimate cannot foresee another process taking the
+    cores mid-run, and the demo must still end near its budget."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self.started = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.perf_counter() - self.started > self.seconds:
+            control.should_training_stop = True
 
 
 def _steps_for(seconds, step_seconds):
@@ -69,24 +85,26 @@ def run_demo(output_dir="demo_output", minutes=4.0, bf16=False, num_images=2000,
     pretrain_collator = DataCollatorForVLPretraining(processor, objectives=PRETRAINING_OBJECTIVES, seed=seed)
     model = UniterForPreTraining(config)
 
-    def pretrainer(max_steps):
+    def pretrainer(max_steps, callbacks=None):
         arguments = training_arguments(output_dir / "pretrain", max_steps=max_steps, learning_rate=LEARNING_RATE, **common)
-        return VLPTrainer(model=model, args=arguments, train_dataset=captions, data_collator=pretrain_collator)
+        return VLPTrainer(model=model, args=arguments, train_dataset=captions, data_collator=pretrain_collator,
+                          callbacks=callbacks)
 
     pretrain_steps = _steps_for(0.3 * budget, _timed_step(pretrainer))
-    pretrainer(pretrain_steps).train()
+    pretrain_steps = pretrainer(pretrain_steps, [_Deadline(0.3 * budget * 1.2)]).train().global_step
     model.save_pretrained(output_dir / "pretrain")
 
     print("[3/5] fine-tuning VQA from the pretrained weights ...", flush=True)
     vqa_model = UniterForVisualQuestionAnswering.from_pretrained(output_dir / "pretrain")
     vqa_collator = DataCollatorForVLTask(processor, "vqa", num_labels=config.num_labels)
 
-    def finetuner(max_steps):
+    def finetuner(max_steps, callbacks=None):
         arguments = training_arguments(output_dir / "vqa", max_steps=max_steps, learning_rate=LEARNING_RATE, **common)
-        return VLPTrainer(model=vqa_model, args=arguments, train_dataset=vqa_train, data_collator=vqa_collator)
+        return VLPTrainer(model=vqa_model, args=arguments, train_dataset=vqa_train, data_collator=vqa_collator,
+                          callbacks=callbacks)
 
     finetune_steps = _steps_for(0.6 * budget, _timed_step(finetuner))
-    finetuner(finetune_steps).train()
+    finetune_steps = finetuner(finetune_steps, [_Deadline(0.6 * budget * 1.2)]).train().global_step
 
     print("[4/5] held-out evaluation, with the controls that show whether the answer comes from the image ...",
           flush=True)
