@@ -297,44 +297,6 @@ def test_vqa_head_soft_scores_use_the_original_bce_and_class_ids_cross_entropy()
     assert hard.logits is hard.question_answering_score
 
 
-@pytest.mark.parametrize("reentrant", [False, True])
-def test_gradient_checkpointing_gives_same_loss_and_gradients(reentrant):
-    torch.manual_seed(0)
-    config = tiny_config()
-    model = LxmertForPreTraining(config)
-    inputs = tiny_inputs(config=config)
-    labels = {**_pretraining_labels("mlm", inputs, config), **_pretraining_labels("feat", inputs, config)}
-
-    def loss_and_grads():
-        model.zero_grad()
-        loss = model(**inputs, **labels, matched_label=torch.tensor([1, 0])).loss
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    model.train()
-    plain_loss, plain_grads = loss_and_grads()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
-    assert all(layer.gradient_checkpointing for layer in model.lxmert.encoder.x_layers)
-    checkpointed_loss, checkpointed_grads = loss_and_grads()
-    torch.testing.assert_close(checkpointed_loss, plain_loss)
-    assert plain_grads.keys() == checkpointed_grads.keys()
-    for name in plain_grads:
-        torch.testing.assert_close(checkpointed_grads[name], plain_grads[name], atol=1e-6, rtol=1e-5)
-
-
-def test_bf16_autocast_forward_and_backward_are_finite():
-    torch.manual_seed(0)
-    config = tiny_config()
-    model = LxmertForPreTraining(config)
-    inputs = tiny_inputs(config=config)
-    labels = {**_pretraining_labels("mlm", inputs, config), **_pretraining_labels("feat", inputs, config)}
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        output = model(**inputs, **labels, matched_label=torch.tensor([1, 0]), ans=torch.tensor([1, 2]))
-    output.loss.backward()
-    assert output.loss.dtype == torch.float32 and torch.isfinite(output.loss)
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-
-
 def test_model_rejects_bad_region_inputs():
     model = LxmertModel(tiny_config())
     inputs = tiny_inputs()

@@ -315,48 +315,6 @@ def test_sdpa_and_eager_attention_agree(model_class):
     torch.testing.assert_close(sdpa, eager, atol=1e-5, rtol=1e-5)
 
 
-def test_gradient_checkpointing_gives_same_loss_and_gradients():
-    torch.manual_seed(0)
-    model = OscarForPreTraining(tiny_config())
-    inputs = tiny_inputs()
-    labels = torch.full_like(inputs["input_ids"], -100)
-    labels[:, [2, 5]] = inputs["input_ids"][:, [2, 5]]
-
-    def loss_and_grads():
-        model.zero_grad()
-        loss = model(**inputs, labels=labels, contrastive_labels=torch.tensor([0, 1])).loss
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    model.train()
-    plain_loss, plain_grads = loss_and_grads()
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    checkpointed_loss, checkpointed_grads = loss_and_grads()
-    torch.testing.assert_close(checkpointed_loss, plain_loss)
-    assert plain_grads.keys() == checkpointed_grads.keys()
-    for name in plain_grads:
-        torch.testing.assert_close(checkpointed_grads[name], plain_grads[name], atol=1e-6, rtol=1e-5)
-
-
-def test_padding_does_not_change_real_positions():
-    torch.manual_seed(0)
-    config = tiny_config()
-    model = OscarModel(config).eval()
-    inputs = {k: v[:1] for k, v in tiny_inputs(config=config).items()}
-    padded = dict(inputs)
-    for key, value in (("input_ids", 0), ("attention_mask", 0), ("token_type_ids", 0)):
-        padded[key] = torch.cat([inputs[key], torch.full((1, 3), value)], 1)
-    padded["visual_feats"] = torch.cat([inputs["visual_feats"], torch.randn(1, 2, 12)], 1)
-    padded["visual_pos"] = torch.cat([inputs["visual_pos"], torch.rand(1, 2, 4)], 1)
-    padded["visual_attention_mask"] = torch.cat(
-        [inputs["visual_attention_mask"], torch.zeros(1, 2, dtype=torch.long)], 1
-    )
-    plain, wide = model(**inputs), model(**padded)
-    torch.testing.assert_close(wide.text_hidden_state[:, :7], plain.text_hidden_state, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(wide.visual_hidden_state[:, :4], plain.visual_hidden_state, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(wide.pooler_output, plain.pooler_output, atol=1e-5, rtol=1e-5)
-
-
 def test_bf16_autocast_forward_and_backward_are_finite():
     torch.manual_seed(0)
     model = OscarForConditionalGeneration(tiny_config(caption_label_smoothing=0.1))
@@ -659,16 +617,6 @@ def test_auto_classes_round_trip(tmp_path, bert_tokenizer):
     _processor(bert_tokenizer).save_pretrained(tmp_path / "AutoModel")
     processor = transformers.AutoProcessor.from_pretrained(tmp_path / "AutoModel")
     assert isinstance(processor, OscarProcessor) and processor.region_class_names == CLASS_NAMES
-
-
-def test_every_head_saves_and_loads(tmp_path):
-    config = tiny_config(num_labels=2)
-    for model_class in (OscarForVisualReasoning, OscarForImageTextRetrieval):
-        model = model_class(config).eval()
-        model.save_pretrained(tmp_path / model_class.__name__)
-        reloaded = model_class.from_pretrained(tmp_path / model_class.__name__).eval()
-        inputs = paired_inputs(config) if model_class is OscarForVisualReasoning else tiny_inputs(config=config)
-        torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits)
 
 
 def test_mlm_decoder_stays_tied_and_frozen_embeddings_stay_frozen(tmp_path):

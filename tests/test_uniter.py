@@ -171,69 +171,6 @@ def test_parameter_counts_match_the_paper(config, paper_count):
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def test_sdpa_and_eager_attention_agree():
-    torch.manual_seed(0)
-    model = UniterModel(tiny_config()).eval()
-    inputs = tiny_inputs()
-    model.config._attn_implementation = "eager"
-    eager = model(**inputs).last_hidden_state
-    model.config._attn_implementation = "sdpa"
-    sdpa = model(**inputs).last_hidden_state
-    torch.testing.assert_close(sdpa, eager, atol=1e-5, rtol=1e-5)
-
-
-def test_gradient_checkpointing_gives_same_loss_and_gradients():
-    torch.manual_seed(0)
-    model = UniterForPreTraining(tiny_config())
-    inputs = tiny_inputs()
-    labels = inputs["input_ids"].masked_fill(torch.rand(inputs["input_ids"].shape) > 0.5, -100)
-    labels[:, 1] = inputs["input_ids"][:, 1]
-
-    def loss_and_grads():
-        model.zero_grad()
-        loss = model(**inputs, labels=labels, itm_labels=torch.tensor([1, 0])).loss
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    model.train()
-    plain_loss, plain_grads = loss_and_grads()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    checkpointed_loss, checkpointed_grads = loss_and_grads()
-    torch.testing.assert_close(checkpointed_loss, plain_loss)
-    assert plain_grads.keys() == checkpointed_grads.keys()
-    for name in plain_grads:
-        torch.testing.assert_close(checkpointed_grads[name], plain_grads[name], atol=1e-6, rtol=1e-5)
-
-
-def test_padding_does_not_change_real_positions():
-    torch.manual_seed(0)
-    model = UniterModel(tiny_config()).eval()
-    inputs = {k: v[:1] for k, v in tiny_inputs().items()}
-    padded = dict(inputs)
-    padded["input_ids"] = torch.cat([inputs["input_ids"], torch.zeros(1, 3, dtype=torch.long)], 1)
-    padded["attention_mask"] = torch.cat([inputs["attention_mask"], torch.zeros(1, 3, dtype=torch.long)], 1)
-    padded["visual_feats"] = torch.cat([inputs["visual_feats"], torch.randn(1, 2, 12)], 1)
-    padded["visual_pos"] = torch.cat([inputs["visual_pos"], torch.rand(1, 2, 4)], 1)
-    padded["visual_attention_mask"] = torch.cat([inputs["visual_attention_mask"], torch.zeros(1, 2, dtype=torch.long)], 1)
-    plain = model(**inputs)
-    wide = model(**padded)
-    torch.testing.assert_close(wide.text_hidden_state[:, :6], plain.text_hidden_state, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(wide.visual_hidden_state[:, :4], plain.visual_hidden_state, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(wide.pooler_output, plain.pooler_output, atol=1e-5, rtol=1e-5)
-
-
-def test_bf16_autocast_forward_and_backward_are_finite():
-    torch.manual_seed(0)
-    model = UniterForPreTraining(tiny_config())
-    inputs = tiny_inputs()
-    labels = inputs["input_ids"].clone()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        output = model(**inputs, labels=labels, itm_labels=torch.tensor([1, 0]))
-    output.loss.backward()
-    assert output.loss.dtype == torch.float32 and torch.isfinite(output.loss)
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-
-
 # ------------------------------------------------------------------------------------------------------------------
 # objectives and heads learn
 # ------------------------------------------------------------------------------------------------------------------

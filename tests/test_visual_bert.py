@@ -321,40 +321,6 @@ def test_vqa_head_reads_the_answer_at_the_mask_token(bert_tokenizer):
     assert (batch["input_ids"][torch.arange(2), position] == bert_tokenizer.mask_token_id).all()
 
 
-def test_gradient_checkpointing_gives_same_loss_and_gradients():
-    torch.manual_seed(0)
-    model = VisualBertForPreTraining(tiny_config())
-    inputs = tiny_inputs()
-    labels = torch.full_like(inputs["input_ids"], -100)
-    labels[:, 1] = inputs["input_ids"][:, 1]
-
-    def loss_and_grads():
-        model.zero_grad()
-        loss = model(**inputs, labels=labels, sentence_image_labels=torch.tensor([1, 0])).loss
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    model.train()
-    plain_loss, plain_grads = loss_and_grads()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
-    checkpointed_loss, checkpointed_grads = loss_and_grads()
-    torch.testing.assert_close(checkpointed_loss, plain_loss)
-    assert plain_grads.keys() == checkpointed_grads.keys()
-    for name in plain_grads:
-        torch.testing.assert_close(checkpointed_grads[name], plain_grads[name], atol=1e-6, rtol=1e-5)
-
-
-def test_bf16_autocast_forward_and_backward_are_finite():
-    torch.manual_seed(0)
-    model = VisualBertForPreTraining(tiny_config())
-    inputs = tiny_inputs()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        output = model(**inputs, labels=inputs["input_ids"].clone(), sentence_image_labels=torch.tensor([1, 0]))
-    output.loss.backward()
-    assert output.loss.dtype == torch.float32 and torch.isfinite(output.loss)
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-
-
 # ------------------------------------------------------------------------------------------------------------------
 # processor, collator, Auto classes, LoRA
 # ------------------------------------------------------------------------------------------------------------------

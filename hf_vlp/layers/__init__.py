@@ -6,6 +6,7 @@ from .coattention import CoAttentionLayer, stream_attention
 from .embeddings import RegionEmbeddings, TextEmbeddings
 from .heads import MaskedLMHead, Pooler, PredictionHeadTransform, mlp_classifier
 from .masks import additive_attention_mask, joint_padding_mask
+from .pixels import check_pixel_values
 from .transformer import FeedForward, Intermediate, StreamSpec, TransformerEncoder, TransformerLayer
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "additive_attention_mask",
     "joint_padding_mask",
     "box_location_features",
+    "check_pixel_values",
     "check_visual_inputs",
     "eager_attention_forward",
     "mlp_classifier",

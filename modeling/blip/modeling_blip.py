@@ -41,6 +41,7 @@ from transformers.models.blip.modeling_blip_text import (
 )
 from transformers.utils import ModelOutput, can_return_tuple
 
+from hf_vlp.layers import check_pixel_values
 from hf_vlp.pretraining.contrastive import contrastive_loss, gather_without_grad
 from hf_vlp.pretraining.losses import zero_loss
 
@@ -483,6 +484,7 @@ class BlipForPreTraining(BlipInputGradientsMixin, BlipContrastiveMixin, BlipPreT
         """
         if pixel_values is None or input_ids is None:
             raise ValueError("BlipForPreTraining needs `pixel_values` (B, 3, H, W) and `input_ids` (B, T).")
+        check_pixel_values(pixel_values, self.vision_model.embeddings.patch_embedding.in_channels)
         if pixel_values.shape[0] != input_ids.shape[0]:
             raise ValueError(
                 f"`pixel_values` and `input_ids` must have the same batch size, got {pixel_values.shape[0]} and "
@@ -574,6 +576,7 @@ class BlipForConditionalGeneration(BlipInputGradientsMixin, hf_blip.BlipForCondi
         output_hidden_states=None,
         return_dict=None,
     ) -> hf_blip.BlipForConditionalGenerationModelOutput:
+        check_pixel_values(pixel_values, self.vision_model.embeddings.patch_embedding.in_channels)
         input_ids = with_first_token(input_ids, self.config.text_config.bos_token_id)
         return super().forward(
             pixel_values,
@@ -648,6 +651,7 @@ class BlipForQuestionAnswering(BlipInputGradientsMixin, hf_blip.BlipForQuestionA
         """
         if labels is None and decoder_input_ids is None:
             raise ValueError("pass `labels` (A, L) to train, or `decoder_input_ids`; use `generate` / `rank_answers` to answer.")
+        check_pixel_values(pixel_values, self.vision_model.embeddings.patch_embedding.in_channels)
         text_config = self.config.text_config
         batch = input_ids.shape[0]
         if attention_mask is None:
@@ -816,6 +820,7 @@ class BlipForImageTextRetrieval(BlipInputGradientsMixin, BlipContrastiveMixin, h
         image_ids: (B,) id of each pair's image; captions of the same image are all positives (ITC) and never
             negatives (ITM). Default: every pair is its own image.
         """
+        check_pixel_values(pixel_values, self.vision_model.embeddings.patch_embedding.in_channels)
         if not return_loss:
             return super().forward(
                 input_ids=input_ids,

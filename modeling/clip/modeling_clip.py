@@ -28,7 +28,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.clip.modeling_clip import CLIPOutput, CLIPPreTrainedModel
 from transformers.utils import can_return_tuple
 
-from hf_vlp.layers import eager_attention_forward
+from hf_vlp.layers import check_pixel_values, eager_attention_forward
 from hf_vlp.pretraining.contrastive import contrastive_loss
 
 from .configuration_clip_resnet import CLIPResNetConfig, CLIPResNetVisionConfig
@@ -81,6 +81,7 @@ class CLIPContrastiveMixin:
         gather: all-gather embeddings across ranks with gradients (no-op in one process).
         sample_ids: optional (B,) ids; pairs sharing an id are all positives (several captions of one image).
         """
+        check_pixel_values(pixel_values, self.config.vision_config.num_channels)
         check_text_length(input_ids, self.config.text_config.max_position_embeddings)
         layer_outputs = dict(output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         vision_outputs = self.get_image_features(

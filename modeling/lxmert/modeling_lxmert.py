@@ -90,7 +90,7 @@ class _HfVlpLxmertMixin:
         self._require_grads_hooks = list(getattr(self, "_require_grads_hooks", [])) + [hook]
 
 
-def _check_lxmert_inputs(input_ids, visual_feats, visual_pos, visual_attention_mask):
+def _check_lxmert_inputs(input_ids, visual_feats, visual_pos, visual_attention_mask, visual_feat_dim):
     if visual_feats is None:
         raise ValueError("`visual_feats` (batch, regions, visual_feat_dim) is required.")
     if visual_pos is None:
@@ -109,7 +109,8 @@ def _check_lxmert_inputs(input_ids, visual_feats, visual_pos, visual_attention_m
         raise ValueError(
             f"`input_ids` batch {input_ids.shape[0]} and `visual_feats` batch {visual_feats.shape[0]} differ."
         )
-    check_visual_inputs(visual_feats, visual_pos, visual_attention_mask)  # values: finite, boxes in [0, 1], 0/1 mask
+    # the feature size against the config, then values: finite, boxes in [0, 1], 0/1 mask
+    check_visual_inputs(visual_feats, visual_pos, visual_attention_mask, feature_dim=visual_feat_dim)
 
 
 class LxmertModel(_HfVlpLxmertMixin, hf.LxmertModel):
@@ -133,7 +134,7 @@ class LxmertModel(_HfVlpLxmertMixin, hf.LxmertModel):
         output_hidden_states=None,
         return_dict=None,
     ) -> hf.LxmertModelOutput:
-        _check_lxmert_inputs(input_ids, visual_feats, visual_pos, visual_attention_mask)
+        _check_lxmert_inputs(input_ids, visual_feats, visual_pos, visual_attention_mask, self.config.visual_feat_dim)
         return super().forward(
             input_ids=input_ids,
             visual_feats=visual_feats,
@@ -211,7 +212,7 @@ class LxmertForPreTraining(_HfVlpLxmertMixin, hf.LxmertForPreTraining):
         output_hidden_states=None,
         return_dict=None,
     ):
-        _check_lxmert_inputs(input_ids, visual_feats, visual_pos, visual_attention_mask)
+        _check_lxmert_inputs(input_ids, visual_feats, visual_pos, visual_attention_mask, self.config.visual_feat_dim)
         outputs = self.lxmert(
             input_ids=input_ids,
             visual_feats=visual_feats,
@@ -335,7 +336,7 @@ class LxmertForVisualQuestionAnswering(_HfVlpLxmertMixin, hf.LxmertForQuestionAn
         output_hidden_states=None,
         return_dict=None,
     ):
-        _check_lxmert_inputs(input_ids, visual_feats, visual_pos, visual_attention_mask)
+        _check_lxmert_inputs(input_ids, visual_feats, visual_pos, visual_attention_mask, self.config.visual_feat_dim)
         outputs = self.lxmert(
             input_ids=input_ids,
             visual_feats=visual_feats,

@@ -24,6 +24,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.vilt.modeling_vilt import ViltMLMHead, ViltPreTrainedModel
 from transformers.utils import ModelOutput, can_return_tuple
 
+from hf_vlp.layers import check_pixel_values
 from hf_vlp.pretraining.losses import (
     masked_cross_entropy,
     optimal_transport_distance,
@@ -154,6 +155,8 @@ class ViltForPreTraining(ViltPreTrainedModel):
         output_hidden_states=None,
         return_dict=None,
     ) -> ViltForPreTrainingOutput:
+        if image_embeds is None:
+            check_pixel_values(pixel_values, self.config.num_channels)
         if labels is not None and input_ids is not None and labels.shape != input_ids.shape:
             raise ValueError(
                 f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}"
@@ -251,6 +254,8 @@ class ViltForImageTextRetrieval(ViltForImageAndTextRetrieval):
         group_size: rows come in groups of this size (default `config.retrieval_group_size`); softmax cross-entropy
             over each group's scores. Without groups: binary cross-entropy.
         """
+        if image_embeds is None:
+            check_pixel_values(pixel_values, self.config.num_channels)
         outputs = super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,

@@ -45,12 +45,17 @@ def _default_visual_token_type_ids(visual_embeds, visual_token_type_ids):
     return visual_token_type_ids
 
 
-def _check_region_inputs(visual_embeds, visual_attention_mask, visual_token_type_ids, input_ids):
+def _check_region_inputs(visual_embeds, visual_attention_mask, visual_token_type_ids, input_ids, feature_dim):
     if visual_embeds is None:
         return
     if visual_embeds.dim() != 3:
         raise ValueError(
             f"`visual_embeds` must be (batch, regions, visual_embedding_dim), got shape {tuple(visual_embeds.shape)}."
+        )
+    if visual_embeds.shape[-1] != feature_dim:
+        raise ValueError(
+            f"`visual_embeds` must have {feature_dim} features per region (the config's `visual_embedding_dim`), got "
+            f"{visual_embeds.shape[-1]}."
         )
     for name, tensor in (
         ("visual_attention_mask", visual_attention_mask),
@@ -74,7 +79,8 @@ class VisualBertPreTrainedModel(hf.VisualBertPreTrainedModel):
         """transformers' `VisualBertModel.forward` on `inputs` (the keyword arguments of `VisualBertModel.forward`),
         with the input checks and the original's region token types."""
         _check_region_inputs(
-            inputs["visual_embeds"], inputs["visual_attention_mask"], inputs["visual_token_type_ids"], inputs["input_ids"]
+            inputs["visual_embeds"], inputs["visual_attention_mask"], inputs["visual_token_type_ids"], inputs["input_ids"],
+            self.config.visual_embedding_dim,
         )
         backbone = self if isinstance(self, hf.VisualBertModel) else self.visual_bert
         token_types = _default_visual_token_type_ids(inputs["visual_embeds"], inputs["visual_token_type_ids"])

@@ -15,6 +15,8 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.models.vit.modeling_vit import ViTPreTrainedModel
 from transformers.utils import can_return_tuple
 
+from hf_vlp.layers import check_pixel_values
+
 # Default LoRA targets (PEFT `LoraConfig(target_modules=...)`) of transformers 5 ViT: the attention projections of
 # every layer. Train the new classifier fully with `modules_to_save=LORA_MODULES_TO_SAVE`. Works with gradient
 # checkpointing after `model.enable_input_require_grads()` (hooks the patch embedding).
@@ -55,6 +57,7 @@ class ViTForImageClassificationWithRepresentation(ViTPreTrainedModel):
         return_dict=None,
     ) -> ImageClassifierOutput:
         r"""labels: (B,) class ids (or (B, num_labels) targets), with transformers' classification loss."""
+        check_pixel_values(pixel_values, self.config.num_channels)
         outputs = self.vit(
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
