@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoProcessor, enable_full_determinism, set
 from transformers.trainer_utils import get_last_checkpoint
 
 from .data import shapes_dataset
+from .data.shapes import SHAPES_CLASSES
 from .pretraining.collators import DataCollatorForVLTask
 from .recipes import (
     build_config,
@@ -144,9 +145,23 @@ def run_pretraining(args, training_args):
     collator = resolve(spec.pretraining_collator)(
         processor, objectives=objectives, objective_sampling=args.objective_sampling, seed=training_args.seed
     )
+    # evaluation during pretraining: the objectives' loss on validation captions (there is no task metric)
+    validation = None
+    if _evaluates(training_args):
+        validation = shapes_dataset("captions", num_images=max(1, args.num_images // 10), split="validation")
     trainer = VLPTrainer(
-        model=model, args=training_args, train_dataset=train, data_collator=collator, processing_class=processor
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=validation,
+        data_collator=collator,
+        processing_class=processor,
     )
+    if validation is not None and training_args.label_names is None:
+        # a batch carries the labels of the objectives it trains, never every label argument of the forward: the
+        # Trainer would see "no labels" and report no eval_loss. The pretraining heads return the loss of the
+        # objectives whose labels they get.
+        trainer.label_names, trainer.can_return_loss = [], True
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(training_args.output_dir)  # model and processor
     return trainer
@@ -184,17 +199,39 @@ def build(args, feature_dim):
     else:
         tokenizer = shapes_tokenizer()
         processor = build_processor(spec.name, tokenizer)
+        if _takes(processor, "region_labels"):  # object tags (Oscar): the shapes world's region classes name them
+            processor.region_class_names = list(SHAPES_CLASSES)
         config = build_config(spec.name, tokenizer, feature_dim, **overrides)
         model = spec.model_class(args.task)(config)
     return model, processor
 
 
+def _takes(processor, argument):
+    return argument in inspect.signature(type(processor).__call__).parameters
+
+
+class _TaggedTaskCollator(DataCollatorForVLTask):
+    """`DataCollatorForVLTask` that also hands the processor each image's region classes (`region_labels`), for
+    processors that pair the text with object tags (Oscar)."""
+
+    def _encode(self, rows, texts=None, suffix="", order=None):
+        order = range(len(rows)) if order is None else order
+        fixed = self.processor_kwargs
+        region_labels = [rows[i][self.fields["region_labels"] + suffix] for i in order]
+        self.processor_kwargs = {**fixed, "region_labels": region_labels}
+        try:
+            return super()._encode(rows, texts, suffix, order)
+        finally:
+            self.processor_kwargs = fixed
+
+
 def task_collator(model, processor, task):
     """`DataCollatorForVLTask` for `model`'s `task` head: the head's label count and processor arguments come from
-    the spec."""
+    the spec; a processor that takes object tags gets the rows' region classes."""
     head = spec_for_model(model).head(task)
     num_labels = getattr(model.config, head.num_labels_field) if head.num_labels_field else None
-    return DataCollatorForVLTask(processor, task, num_labels=num_labels, processor_kwargs=dict(head.processor_kwargs))
+    collator_class = _TaggedTaskCollator if _takes(processor, "region_labels") else DataCollatorForVLTask
+    return collator_class(processor, task, num_labels=num_labels, processor_kwargs=dict(head.processor_kwargs))
 
 
 class RetrievalTrainingCollator:

@@ -220,18 +220,21 @@ def test_the_matrix_covers_every_region_architecture():
 
 @pytest.mark.parametrize(("arch", "task"), MATRIX)
 def test_every_trainable_pair_trains_through_the_cli(tmp_path, arch, task):
+    from transformers import AutoProcessor
+
+    run = ["--max_steps", "2", "--save_steps", "2", "--eval_strategy", "steps", "--eval_steps", "2"]
     if task == "pretraining":
-        status = hf_vlp_train(tmp_path, "pretrain", "--arch", arch, "--max_steps", "2", "--save_strategy", "no")
+        status = hf_vlp_train(tmp_path, "pretrain", "--arch", arch, *run)
     else:
-        status = hf_vlp_train(tmp_path, "finetune", "--arch", arch, "--task", task, "--max_steps", "2",
-                              "--save_steps", "2", "--eval_strategy", "steps", "--eval_steps", "2")
+        status = hf_vlp_train(tmp_path, "finetune", "--arch", arch, "--task", task, *run)
     assert status == 0
     trained = weights(tmp_path)
     assert all(torch.isfinite(value).all() for value in trained.values())
-    if task != "pretraining":
-        state = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())
-        metric = "eval_recall@1" if task == "retrieval" else ("eval_vqa_score" if task == "vqa" else "eval_accuracy")
-        assert any(metric in entry for entry in state["log_history"])
+    state = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())
+    metric = {"pretraining": "eval_loss", "retrieval": "eval_recall@1", "vqa": "eval_vqa_score"}.get(task, "eval_accuracy")
+    assert any(metric in entry for entry in state["log_history"])
+    processor = AutoProcessor.from_pretrained(tmp_path / "checkpoint-2")
+    assert type(processor).__name__ == ARCHITECTURES[arch].processor.rpartition(".")[2]
 
 
 @pytest.mark.parametrize(("arch", "task"), REFUSED)
