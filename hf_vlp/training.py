@@ -127,7 +127,11 @@ class PretrainArguments:
 
 
 def run_pretraining(args, training_args):
-    """Pretrain `args.arch` on shapes-world captions; saves model + processor to `training_args.output_dir`."""
+    """Pretrain `args.arch` on shapes-world captions; saves model + processor to `training_args.output_dir`.
+
+    Resuming restores weights, optimizer, scheduler, data order and the global RNGs, but not the pretraining
+    collator's own masking / objective generators (they restart from `seed`), so a resumed pretraining run is close
+    to, not bit-equal with, the uninterrupted one; a resumed fine-tuning run is bit-equal."""
     training_args.remove_unused_columns = False  # the collator reads the raw columns
 
     spec = get_spec(args.arch)
