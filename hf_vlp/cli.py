@@ -66,12 +66,15 @@ def _train(args, rest):
 
     from . import training
 
-    if args.stage == "pretrain":
-        parsed, training_args = HfArgumentParser((training.PretrainArguments, TrainingArguments)).parse_args_into_dataclasses(rest)
-        training.run_pretraining(parsed, training_args)
-    else:
-        parsed, training_args = HfArgumentParser((training.FinetuneArguments, TrainingArguments)).parse_args_into_dataclasses(rest)
-        training.run_finetuning(parsed, training_args)
+    stage = (training.PretrainArguments, training.run_pretraining) if args.stage == "pretrain" else (
+        training.FinetuneArguments, training.run_finetuning)
+    parsed, training_args = HfArgumentParser((stage[0], TrainingArguments)).parse_args_into_dataclasses(rest)
+    try:  # what can be checked before building anything: arch x task, the checkpoint to resume from
+        training.check_train_arguments(parsed, training_args)
+    except ValueError as error:
+        print(f"hf-vlp train {args.stage}: error: {error}", file=sys.stderr)
+        return 2
+    stage[1](parsed, training_args)
     return 0
 
 

@@ -190,3 +190,49 @@ def compute_vqa_metrics(eval_prediction) -> dict:
 def compute_accuracy_metrics(eval_prediction) -> dict:
     logits = eval_prediction.predictions[0] if isinstance(eval_prediction.predictions, tuple) else eval_prediction.predictions
     return {"accuracy": accuracy(logits, eval_prediction.label_ids)}
+
+
+def retrieval_scores(predictions):
+    """One matching score per (text, image) row: the logit of a scalar head, or the match-vs-not log-odds of a
+    two-class head ((N, 2) logits: Oscar's match classifier)."""
+    predictions = np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions, dtype=np.float64)
+    if predictions.ndim == 2 and predictions.shape[1] == 2:
+        return predictions[:, 1] - predictions[:, 0]
+    if predictions.ndim == 2 and predictions.shape[1] == 1:
+        return predictions[:, 0]
+    if predictions.ndim != 1:
+        raise ValueError(f"retrieval predictions must be (N,), (N, 1) or (N, 2) scores, got shape {predictions.shape}")
+    return predictions
+
+
+def compute_retrieval_metrics(eval_prediction) -> dict:
+    """recall@1 of ranking groups: `label_ids` (N,) is 1 on the first row of each group (the matching pair) and 0 on
+    its negatives (the layout of `DataCollatorForVLTask`'s retrieval batches); a group counts as recalled when its
+    match scores strictly above every negative of the group (ties count as misses)."""
+    scores = retrieval_scores(eval_prediction.predictions)
+    labels = np.asarray(eval_prediction.label_ids).reshape(-1)
+    if labels.shape != scores.shape:
+        raise ValueError(f"retrieval label_ids must have shape {scores.shape}, got {labels.shape}")
+    starts = np.flatnonzero(labels == 1)
+    if len(starts) == 0 or starts[0] != 0:
+        raise ValueError("retrieval label_ids must start every group with its match (1), followed by negatives (0)")
+    hits = [scores[start] > scores[start + 1 : end].max(initial=-np.inf)
+            for start, end in zip(starts, [*starts[1:], len(scores)])]
+    return {"recall@1": float(np.mean(hits))}
+
+
+# the held-out metric of each fine-tuning task, as `Trainer(compute_metrics=...)` takes it
+TASK_METRICS = {
+    "vqa": compute_vqa_metrics,
+    "entailment": compute_accuracy_metrics,
+    "nlvr2": compute_accuracy_metrics,
+    "refexp": compute_accuracy_metrics,
+    "retrieval": compute_retrieval_metrics,
+}
+
+
+def compute_metrics_for_task(task):
+    """The `compute_metrics` of `task` (ValueError naming the tasks that have one)."""
+    if task not in TASK_METRICS:
+        raise ValueError(f"no metric for task {task!r}; tasks with one: {sorted(TASK_METRICS)}")
+    return TASK_METRICS[task]
