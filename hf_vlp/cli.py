@@ -117,7 +117,12 @@ def _push(args):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: `hf-vlp <cmd>: error: ... (see hf-vlp <cmd> --help)`, exit status 2."""
+    """argparse with one-line errors: `hf-vlp <cmd>: error: ... (see hf-vlp <cmd> --help)`, exit status 2; no
+    abbreviated flags (`--step` for `--steps` is a typo, not a request)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
@@ -228,7 +233,8 @@ def main(argv=None):
     except _expected_errors() as error:
         if getattr(args, "debug", False):
             raise
-        print(f"hf-vlp {args.command}: error: {_one_line(error)} (--debug shows the traceback)", file=sys.stderr)
+        command = " ".join(filter(None, [args.command, getattr(args, "cpt_command", None)]))
+        print(f"hf-vlp {command}: error: {_one_line(error)} (--debug shows the traceback)", file=sys.stderr)
         return 1
 
 
