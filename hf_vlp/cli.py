@@ -40,9 +40,12 @@ def _convert(args):
         common.save_converted(model, processor, args.output, inputs, overwrite=args.overwrite, **card)
         print(f"saved to {args.output}")
     if args.push_to_hub:
-        from .hub import push_to_hub
+        from .hub import push_folder, push_to_hub
 
-        push_to_hub(model, processor, args.push_to_hub, **card)
+        if args.output:  # the saved folder as it is, conversion record included
+            push_folder(args.output, args.push_to_hub, check=False)
+        else:
+            push_to_hub(model, processor, args.push_to_hub, **card)
         print(f"pushed to {args.push_to_hub}")
     return 0
 
