@@ -216,6 +216,10 @@ def main(argv=None):
     except ImportError:
         pass
 
+    # --debug anywhere (nested subcommands such as `cpt ground` and train's TrainingArguments flags included)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "train":
         commands.choices[args.command].error(f"unrecognized arguments: {' '.join(rest)}")
@@ -234,7 +238,7 @@ def main(argv=None):
             return handlers[args.command](args)
         return args.run(args) if hasattr(args, "run") else parser.error(f"unknown command {args.command}")
     except _expected_errors() as error:
-        if getattr(args, "debug", False):
+        if debug:
             raise
         command = " ".join(filter(None, [args.command, getattr(args, "cpt_command", None)]))
         print(f"hf-vlp {command}: error: {_one_line(error)} (--debug shows the traceback)", file=sys.stderr)
