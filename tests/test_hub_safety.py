@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_uniter import tiny_config, tiny_inputs
+from test_uniter import tiny_config
 
 import hf_vlp  # noqa: F401
 from hf_vlp import cli
@@ -261,9 +261,9 @@ with torch.no_grad():
 
 
 def test_processor_bundle_keeps_loading_with_hf_vlp_without_remote_code(tmp_path, bert_tokenizer):
-    from transformers import AutoProcessor
-
     import json
+
+    from transformers import AutoProcessor
 
     save_for_hub(_model(bert_tokenizer), _processor(bert_tokenizer), tmp_path / "repo")
     saved = json.loads((tmp_path / "repo" / "processor_config.json").read_text())
