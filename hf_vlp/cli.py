@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _convert(args):
@@ -39,9 +40,12 @@ def _convert(args):
         common.save_converted(model, processor, args.output, inputs, overwrite=args.overwrite, **card)
         print(f"saved to {args.output}")
     if args.push_to_hub:
-        from .hub import push_to_hub
+        from .hub import push_folder, push_to_hub
 
-        push_to_hub(model, processor, args.push_to_hub, **card)
+        if args.output:  # the saved folder as it is, conversion record included
+            push_folder(args.output, args.push_to_hub, check=False)
+        else:
+            push_to_hub(model, processor, args.push_to_hub, **card)
         print(f"pushed to {args.push_to_hub}")
     return 0
 
@@ -109,28 +113,58 @@ def _bench(args):
 
 
 def _push(args):
-    from transformers import AutoConfig, AutoProcessor
+    from .hub import push_folder
 
-    from .hub import push_to_hub
-    from .registry import spec_for_model_type
+    def warn(message):
+        print(f"hf-vlp push: warning: {message}", file=sys.stderr)
 
-    config = AutoConfig.from_pretrained(args.model)
-    spec = spec_for_model_type(config.model_type)
-    saved = (config.architectures or [None])[0]
-    task = next((task for task, head in spec.heads.items() if head.model.rpartition(".")[2] == saved), None)
-    if task is None:
-        raise ValueError(f"{args.model} holds a {saved!r}, which is no head of {spec.name} ({spec.tasks})")
-    model = spec.model_class(task).from_pretrained(args.model)
-    processor = AutoProcessor.from_pretrained(args.model)
-    print(push_to_hub(model, processor, args.repo_id, task=task))
+    print(push_folder(args.model, args.repo_id, private=args.private, timeout=args.timeout, warn=warn))
     return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `hf-vlp <cmd>: error: ... (see hf-vlp <cmd> --help)`, exit status 2; no
+    abbreviated flags (`--step` for `--steps` is a typo, not a request)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+# errors a user's input causes (bad file, bad JSON, unknown architecture or option, missing config, a Hub that does
+# not answer): one line, no traceback, unless --debug
+def _expected_errors():
+    import json
+    import pickle
+
+    from .hub import HubPushError
+
+    return (ValueError, OSError, json.JSONDecodeError, pickle.UnpicklingError, HubPushError, KeyError)
+
+
+def _one_line(error) -> str:
+    import json
+
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    if isinstance(error, json.JSONDecodeError):
+        text = f"a JSON file does not parse ({text})"
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(error).__name__
 
 
 def main(argv=None):
     import hf_vlp  # noqa: F401  (registers architectures)
 
-    parser = argparse.ArgumentParser(prog="hf-vlp", description="Vision-language pretrained models in the HF stack")
-    commands = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error")
+    parser = _Parser(prog="hf-vlp", description="Vision-language pretrained models in the HF stack", parents=[common])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    add_parser = commands.add_parser
+    commands.add_parser = lambda name, **kwargs: add_parser(name, parents=[common, *kwargs.pop("parents", [])], **kwargs)
 
     convert = commands.add_parser("convert", help="convert an original checkpoint (and verify it against a fixture)")
     convert.add_argument("arch")
@@ -169,9 +203,14 @@ def main(argv=None):
     bench.add_argument("--sizes", default="base", choices=["base", "small"], help="released base config or the spec's small sizes")
     bench.add_argument("--task", default=None, help="head to time (default: the architecture's bench task)")
 
-    push = commands.add_parser("push", help="push a saved model + processor to the Hub")
-    push.add_argument("--model", required=True)
-    push.add_argument("--repo_id", required=True)
+    push = commands.add_parser(
+        "push", help="push a saved model folder to the Hub as it is (after checking that it loads)"
+    )
+    push.add_argument("--model", required=True, metavar="DIR", help="a folder save_for_hub / hf-vlp convert wrote")
+    push.add_argument("--repo_id", required=True, help="'org/name' or 'name'")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                      help="give up when the push has not completed after this long (default: hf_vlp.hub.PUSH_TIMEOUT)")
 
     try:
         from .cpt import add_cli as add_cpt_cli
@@ -180,15 +219,33 @@ def main(argv=None):
     except ImportError:
         pass
 
+    # --debug anywhere (nested subcommands such as `cpt ground` and train's TrainingArguments flags included)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "train":
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.command == "train":
-        return _train(args, rest)
-    handlers = {"convert": _convert, "eval": _eval, "demo": _demo, "bench": _bench, "push": _push}
-    if args.command in handlers:
-        return handlers[args.command](args)
-    return args.run(args) if hasattr(args, "run") else parser.error(f"unknown command {args.command}")
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "push" and args.timeout is None:
+        from .hub import PUSH_TIMEOUT
+
+        args.timeout = PUSH_TIMEOUT
+    try:
+        model = getattr(args, "model", None)  # a local path that is not there reads as a bad Hub id otherwise
+        if isinstance(model, str) and model.startswith(("/", ".", "~")) and not Path(model).expanduser().exists():
+            raise ValueError(f"--model {model}: no such folder")
+        if args.command == "train":
+            return _train(args, rest)
+        handlers = {"convert": _convert, "eval": _eval, "demo": _demo, "bench": _bench, "push": _push}
+        if args.command in handlers:
+            return handlers[args.command](args)
+        return args.run(args) if hasattr(args, "run") else parser.error(f"unknown command {args.command}")
+    except _expected_errors() as error:
+        if debug:
+            raise
+        command = " ".join(filter(None, [args.command, getattr(args, "cpt_command", None)]))
+        print(f"hf-vlp {command}: error: {_one_line(error)} (--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

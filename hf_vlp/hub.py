@@ -172,10 +172,13 @@ def _package_members(package):
 
 
 def flat_source(module_name) -> str:
-    """One self-contained Python source with `module_name` and every hf_vlp module it needs, hf_vlp imports
-    removed (their names are then defined earlier in the same file)."""
+    """One self-contained Python source with `module_name` (or each of a list of module names, in order) and every
+    hf_vlp module they need, hf_vlp imports removed (their names are then defined earlier in the same file)."""
     chunks, future = [], []
-    for name in _bundle_order(module_name):
+    seen, order = set(), []
+    for name in [module_name] if isinstance(module_name, str) else module_name:
+        _bundle_order(name, seen, order)
+    for name in order:
         source = inspect.getsource(importlib.import_module(name))
         tree = ast.parse(source)
         lines = source.splitlines()
@@ -194,11 +197,12 @@ def flat_source(module_name) -> str:
     return header + "\n".join(sorted(set(future))) + "\n\n" + "\n\n".join(chunks) + "\n"
 
 
-def write_remote_code(model, directory):
+def write_remote_code(model, directory, processor=None):
     """Write `configuration_<arch>.py` and `modeling_<arch>.py` (flat bundles) and point `config.auto_map` at them:
     every head of the architecture whose class is in the bundle, under each Auto class its spec names for it (the
     opt-in ones too: with `trust_remote_code=True` they load hf_vlp's class) and under its class name (heads without
-    an Auto class: `get_class_from_dynamic_module(auto_map[name], repo)`)."""
+    an Auto class: `get_class_from_dynamic_module(auto_map[name], repo)`). With a `processor` already saved in
+    `directory` whose class is hf_vlp's, also `processing_<arch>.py` (see `write_processor_code`)."""
     directory = Path(directory)
     spec = spec_for_model(model)
     arch = model.config.model_type
@@ -233,6 +237,46 @@ def write_remote_code(model, directory):
     config = json.loads(config_path.read_text())
     config["auto_map"] = auto_map
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if processor is not None:
+        write_processor_code(processor, directory, arch)
+
+
+def write_processor_code(processor, directory, arch):
+    """Bundle hf_vlp's processor classes into `processing_<arch>.py` and point the saved processor files at them
+    (`auto_map` `AutoProcessor` / `AutoImageProcessor` in processor_config.json, in its nested `image_processor`
+    entry and in preprocessor_config.json), so that `AutoProcessor.from_pretrained(repo, trust_remote_code=True)`
+    returns this processor, not a bare tokenizer, where hf_vlp is not installed. Processors that are transformers'
+    own classes (BLIP, ViLT) need nothing and get nothing. Returns the bundle's path or None."""
+    directory = Path(directory)
+    processor_class = type(processor)
+    image_processor = getattr(processor, "image_processor", None)
+    ours = [cls for cls in (type(image_processor), processor_class) if cls.__module__.startswith("hf_vlp")]
+    if processor_class not in ours:
+        return None
+    bundle = directory / f"processing_{arch}.py"
+    bundle.write_text(flat_source(list(dict.fromkeys(cls.__module__ for cls in ours))))
+    processor_entry = f"processing_{arch}.{processor_class.__name__}"
+    image_entry = None
+    if image_processor is not None and type(image_processor) in ours:
+        image_entry = f"processing_{arch}.{type(image_processor).__name__}"
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        path = directory / name
+        if not path.is_file():
+            continue
+        saved = json.loads(path.read_text())
+        auto_map = dict(saved.get("auto_map") or {})
+        if name == "processor_config.json":
+            auto_map["AutoProcessor"] = processor_entry
+            if isinstance(saved.get("image_processor"), dict) and image_entry is not None:
+                nested = saved["image_processor"]
+                nested["auto_map"] = {**(nested.get("auto_map") or {}), "AutoImageProcessor": image_entry}
+        if image_entry is not None:
+            auto_map["AutoImageProcessor"] = image_entry
+        if name == "preprocessor_config.json":
+            auto_map.setdefault("AutoProcessor", processor_entry)
+        saved["auto_map"] = auto_map
+        path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    return bundle
 
 
 def save_for_hub(model, processor, directory, remote_code=True, **card):
@@ -242,19 +286,194 @@ def save_for_hub(model, processor, directory, remote_code=True, **card):
     if processor is not None:
         processor.save_pretrained(directory)
     if remote_code:
-        write_remote_code(model, directory)
+        write_remote_code(model, directory, processor)
     (directory / "README.md").write_text(model_card(model, **card))
     return directory
 
 
-def push_to_hub(model, processor, repo_id, directory=None, private=False, **card):
-    """`save_for_hub` then upload the folder (create the repo if needed). Returns the commit URL."""
-    import tempfile
+# ------------------------------------------------------------------------------------------------------------------
+# publishing
+# ------------------------------------------------------------------------------------------------------------------
 
+# seconds one HTTP request to the Hub may wait for the server (connect, each read / write), and the default bound on a
+# whole push (every request and retry); `push_folder(timeout=...)` / `hf-vlp push --timeout` change the latter
+REQUEST_TIMEOUT = 60.0
+PUSH_TIMEOUT = 1800.0
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json", "tokenizer.json",
+                   "vocab.txt")
+
+
+class HubPushError(RuntimeError):
+    """A push that did not complete: the Hub refused it, did not answer in time, or the connection broke."""
+
+
+def check_folder_loads(folder):
+    """Load what `folder` holds the way a user of the repo will: the config with `AutoConfig`, the weights with the
+    architecture's class for the saved head (config.architectures), and the processor with `AutoProcessor` when
+    processor files are there. Returns (model, processor or None, task). A folder that does not load raises
+    ValueError saying what is wrong; a folder without processor files returns processor None (the caller warns)."""
+    from transformers import AutoConfig, AutoProcessor
+
+    from .registry import spec_for_model_type
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"model folder {str(folder)!r} does not exist or is not a folder")
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{folder} has no config.json: it is no saved model (save_pretrained / hf-vlp convert --output)")
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{folder / 'config.json'} does not load: {error}") from error
+    spec = spec_for_model_type(config.model_type)
+    saved = (config.architectures or [None])[0]
+    task = next((task for task, head in spec.heads.items() if head.model.rpartition(".")[2] == saved), None)
+    if task is None:
+        raise ValueError(f"{folder} holds a {saved!r}, which is no head of {spec.name} ({spec.tasks})")
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        raise ValueError(f"{folder} has no weights (*.safetensors)")
+    try:
+        model = spec.model_class(task).from_pretrained(folder)
+    except Exception as error:  # noqa: BLE001 - safetensors / torch errors of every kind mean "does not load"
+        raise ValueError(f"the weights in {folder} do not load into {saved}: {error}") from error
+    processor = None
+    if any((folder / name).is_file() for name in PROCESSOR_FILES):
+        try:
+            processor = AutoProcessor.from_pretrained(folder)
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            raise ValueError(f"the processor files in {folder} do not load with AutoProcessor: {error}") from error
+    return model, processor, task
+
+
+def _with_deadline(call, timeout, what):
+    """`call()` with every Hub request bounded by REQUEST_TIMEOUT (or `timeout` if shorter) and the whole call by
+    `timeout` seconds; HubPushError if it does not finish in time or the connection fails."""
+    import threading
+
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import _http
+
+    per_request = min(REQUEST_TIMEOUT, timeout)
+
+    def bounded_client():
+        client = _http.default_client_factory()
+        client.timeout = httpx2.Timeout(per_request)
+        return client
+
+    result, failure = [], []
+
+    def run():
+        try:
+            result.append(call())
+        except BaseException as error:  # handed to the caller's thread below
+            failure.append(error)
+
+    _http.set_client_factory(bounded_client)
+    try:
+        worker = threading.Thread(target=run, name="hf_vlp-push", daemon=True)
+        worker.start()
+        worker.join(timeout)
+    finally:
+        _http.set_client_factory(_http.default_client_factory)
+    if worker.is_alive():
+        raise HubPushError(f"{what}: no answer from {_endpoint()} within {timeout:g} s (pass a longer timeout, or check "
+                           "the connection); the push did not complete")
+    if failure:
+        error = failure[0]
+        chain = [error]  # huggingface_hub wraps some failures (RuntimeError "Error while uploading ...")
+        while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+            chain.append(chain[-1].__cause__ or chain[-1].__context__)
+        refused = next((e for e in chain if isinstance(e, HfHubHTTPError)), None)
+        if refused is not None:
+            raise HubPushError(f"{what}: the Hub refused it: {str(refused).splitlines()[0]}") from error
+        broken = next((e for e in chain if isinstance(e, (httpx2.HTTPError, OSError))), None)
+        if broken is not None:
+            reason = "timed out" if isinstance(broken, httpx2.TimeoutException) else "connection failed"
+            where = f"{error}; " if error is not broken else ""
+            raise HubPushError(f"{what}: {reason} talking to {_endpoint()} ({where}{type(broken).__name__}: "
+                               f"{str(broken) or 'no details'}); the push did not complete") from error
+        raise error
+    return result[0]
+
+
+def _endpoint():
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def push_folder(folder, repo_id, private=False, commit_message=None, timeout=PUSH_TIMEOUT, check=True, warn=None):
+    """Upload `folder` as it is (every file, byte for byte: README.md with its edits, the conversion record
+    `.hf_vlp_conversion.json`, extra files) to the Hub model repo `repo_id`, creating the repo if needed.
+
+    With `check`, the folder must load first (`check_folder_loads`); a folder without processor files is pushed
+    with a warning (through `warn`, default `warnings.warn`). Every request is bounded by REQUEST_TIMEOUT seconds
+    and the whole push by `timeout`; a push that fails or does not finish raises HubPushError and leaves the folder
+    untouched (nothing is written into it). Returns the commit URL."""
+    import warnings
+
+    folder = Path(folder)
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
+        raise ValueError(f"`timeout` must be a positive number of seconds, got {timeout!r}")
+    if not isinstance(repo_id, str) or not repo_id.strip() or repo_id.count("/") > 1:
+        raise ValueError(f"`repo_id` must be 'name' or 'org/name', got {repo_id!r}")
+    if check:
+        model, processor, _ = check_folder_loads(folder)
+        name = type(model).__name__
+        if processor is None:
+            (warn or (lambda message: warnings.warn(message, stacklevel=3)))(
+                f"{folder} has no processor files: {repo_id} gets the model only and AutoProcessor.from_pretrained "
+                "will fail on it (convert with --tokenizer, or save the processor into the folder first)"
+            )
+    elif not folder.is_dir():
+        raise ValueError(f"model folder {str(folder)!r} does not exist or is not a folder")
+    else:
+        name = "model"
     from huggingface_hub import HfApi
 
     api = HfApi()
-    api.create_repo(repo_id, private=private, exist_ok=True)
+
+    def upload():
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message or f"Upload {name}")
+
+    return _with_deadline(upload, timeout, f"push of {folder} to {repo_id}")
+
+
+def push_to_hub(model, processor, repo_id, directory=None, private=False, timeout=PUSH_TIMEOUT, **card):
+    """The complete Hub repo of `model` (+ `processor`): `save_for_hub` (weights, config, processor, model card naming
+    hf_vlp and the architecture, remote code for model and processor) into `directory` (default: a temporary
+    folder), then `push_folder`. `hf-vlp push DIR` of a folder `save_for_hub` wrote uploads the same files. Use this
+    rather than `model.push_to_hub(...)`, which is transformers' plain upload (weights + config only, no card, no
+    processor, no remote code); `HubPushCallback` does it at the end of a Trainer run. Returns the commit URL."""
+    import tempfile
+
     with tempfile.TemporaryDirectory() as scratch:
         folder = save_for_hub(model, processor, directory or scratch, repo_id=repo_id, **card)
-        return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=f"Upload {type(model).__name__}")
+        return push_folder(folder, repo_id, private=private, timeout=timeout, check=False,
+                           commit_message=f"Upload {type(model).__name__}")
+
+
+try:
+    from transformers import TrainerCallback as _TrainerCallback
+except ImportError:  # pragma: no cover - transformers always ships it
+    _TrainerCallback = object
+
+
+class HubPushCallback(_TrainerCallback):
+    """`Trainer(..., callbacks=[HubPushCallback("org/name", processor)])`: at the end of training, push the trained
+    model with `push_to_hub` (the same complete repo as `hf-vlp push`), from the main process only. `processor`
+    defaults to the Trainer's `processing_class`; `card` goes to the model card (base_model, datasets, results)."""
+
+    def __init__(self, repo_id, processor=None, private=False, timeout=PUSH_TIMEOUT, **card):
+        self.repo_id, self.processor, self.private, self.timeout, self.card = repo_id, processor, private, timeout, card
+        self.commit_url = None
+
+    def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if not state.is_world_process_zero or model is None:
+            return
+        model = getattr(model, "module", model)  # DDP / accelerate wrapper
+        processor = self.processor if self.processor is not None else processing_class
+        self.commit_url = push_to_hub(model, processor, self.repo_id, private=self.private, timeout=self.timeout,
+                                      **self.card)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-HUBSTUB_DIR = REPO.parent / "shared" / "tools" / "hubstub"
+HUBSTUB_DIR = Path(os.environ.get("HF_VLP_HUBSTUB", REPO.parent / "shared" / "tools" / "hubstub"))
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

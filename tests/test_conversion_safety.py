@@ -381,9 +381,14 @@ def test_crafted_archive_is_refused_without_running_anything(crafted_clip_archiv
 def test_cli_refuses_the_crafted_archive_and_writes_nothing(crafted_clip_archive, tmp_path, capsys):
     path, _ = crafted_clip_archive
     before = tree_hashes(tmp_path)
+    argv = ["convert", "clip", "--checkpoint", str(path), "--verify", str(fixture_dir("clip")), "--output",
+            str(tmp_path / "out")]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and last.startswith("hf-vlp convert: error: ") and "__setstate__" in last
     with pytest.raises(ConversionError, match="__setstate__"):
-        cli.main(["convert", "clip", "--checkpoint", str(path), "--verify", str(fixture_dir("clip")),
-                  "--output", str(tmp_path / "out")])
+        cli.main(argv + ["--debug"])
     assert tree_hashes(tmp_path) == before and not (tmp_path / "out").exists()
 
 

@@ -789,9 +789,15 @@ def test_cli_nan_scores_are_an_error_not_invalid_json(tiny_uniter, small_tokeniz
     np.save(tmp_path / "features.npy", features)
     from hf_vlp.cli import main
 
+    argv = ["cpt", "ground", "--model", str(model_dir), "--image", str(tmp_path / "image.png"), "--boxes",
+            json.dumps(boxes), "--text", "the circle", "--region-features", str(tmp_path / "features.npy")]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    last = captured.err.strip().splitlines()[-1]  # after the fixture's progress bars
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert last.startswith("hf-vlp cpt ground: error: ") and "NaN or infinite" in last
     with pytest.raises(ValueError, match="NaN or infinite"):
-        main(["cpt", "ground", "--model", str(model_dir), "--image", str(tmp_path / "image.png"), "--boxes",
-              json.dumps(boxes), "--text", "the circle", "--region-features", str(tmp_path / "features.npy")])
+        main(argv + ["--debug"])
     assert capsys.readouterr().out == ""
 
 
