@@ -172,3 +172,25 @@ def test_the_task_collator_keeps_each_question_with_its_own_regions():
         assert batch["visual_attention_mask"][i].sum() == count
         assert torch.all(batch["visual_feats"][i, :count] == float(i))
         assert batch["labels"][i].argmax() == i
+
+
+def test_format_controls_tables_a_ranking_report_row_per_recall():
+    from hf_vlp.evaluation import format_controls
+
+    rows = [{"image_id": i, "image": i, "text": i} for i in range(10)]
+
+    def score(batch):  # a perfect matcher: text t matches image t; with shuffled images one other image outranks
+        return torch.tensor([[float(r["text"] == c["image"]) for c in batch] for r in batch])
+
+    lines = format_controls(ranking_controls(score, rows)).splitlines()
+    assert lines[0].split() == ["n", "model", "chance", "shuffled"]
+    assert lines[1].split() == ["R@1", "10", "1.000", "0.100", "0.000"]
+    assert lines[2].split() == ["R@5", "10", "1.000", "0.500", "1.000"]
+
+
+def test_format_controls_of_a_classification_report_is_its_per_type_table():
+    from hf_vlp.evaluation import format_controls
+
+    rows = rows_with_images()
+    report = classification_controls(lambda rows: [row["answer"] for row in rows], rows, rows)
+    assert format_controls(report) == report.format()
