@@ -1,6 +1,7 @@
 """Fine-tune a Switch Transformer (mixture-of-experts T5) on shapes-world VQA as text-to-text.
 
-    python examples/switch_finetune.py --output_dir runs/switch_vqa                         # small, from scratch
+    python examples/switch_finetune.py --output_dir runs/switch_vqa --num_images 300 \
+        --num_train_epochs 8 --per_device_train_batch_size 32 --learning_rate 5e-4        # small, from scratch
     python examples/switch_finetune.py --output_dir runs/switch_vqa --router_aux_loss_coef 0.01 --bf16
     python examples/switch_finetune.py --output_dir runs/switch_vqa --model_name_or_path runs/converted_switch
     torchrun --nproc_per_node=2 examples/switch_finetune.py --output_dir runs/switch_vqa
