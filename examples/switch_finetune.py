@@ -1,6 +1,7 @@
 """Fine-tune a Switch Transformer (mixture-of-experts T5) on shapes-world VQA as text-to-text.
 
-    python examples/switch_finetune.py --output_dir runs/switch_vqa                         # small, from scratch
+    python examples/switch_finetune.py --output_dir runs/switch_vqa --num_images 300 \
+        --num_train_epochs 8 --per_device_train_batch_size 32 --learning_rate 5e-4        # small, from scratch
     python examples/switch_finetune.py --output_dir runs/switch_vqa --router_aux_loss_coef 0.01 --bf16
     python examples/switch_finetune.py --output_dir runs/switch_vqa --model_name_or_path runs/converted_switch
     torchrun --nproc_per_node=2 examples/switch_finetune.py --output_dir runs/switch_vqa
@@ -9,19 +10,23 @@ Arguments: the fields below plus every `transformers.TrainingArguments` flag.
 Switch Transformers are text-only, so the image enters as text: the source is
 `question: <question> context: <a caption of the scene listing every shape>` and the target the answer
 (T5's "question: ... context: ..." format). `VLPTrainer` logs `lm_loss`, `router_z_loss` and `router_aux_loss`
-(and their encoder / decoder parts) separately. Prints held-out exact-match accuracy next to the majority answer.
+(and their encoder / decoder parts) separately.
+
+No pixel enters the model: the scene description stands in for the image. Prints held-out exact-match accuracy per
+question type next to the question-type prior and the same model given another scene's description (the
+description is an image column, `image_description`, so `hf_vlp.evaluation.shuffle_images` swaps it).
 """
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from transformers import AutoTokenizer, DataCollatorForSeq2Seq, HfArgumentParser, TrainingArguments
 
 import hf_vlp  # noqa: F401  (registers the architectures)
 from hf_vlp.data import shapes_dataset
 from hf_vlp.modeling.switch_transformers import LORA_TARGET_MODULES, SwitchTransformersForConditionalGeneration
-from hf_vlp.recipes import majority_vqa_score, shapes_tokenizer
+from hf_vlp.evaluation import classification_controls, format_controls
+from hf_vlp.recipes import shapes_tokenizer
 from hf_vlp.trainer import VLPTrainer
 
 
@@ -47,11 +52,17 @@ def scene_descriptions(num_images, split):
     return dict(zip(captions["image_id"], captions["text"]))
 
 
-def text_to_text(num_images, split):
+def question_rows(num_images, split):
+    """VQA rows (question, question_type, answer, image_id) with the scene's description as `image_description`."""
     data = shapes_dataset("vqa", num_images=num_images, split=split, with_region_features=False)
     context = scene_descriptions(num_images, split)
-    sources = [f"question: {q} context: {context[i]}" for q, i in zip(data["question"], data["image_id"])]
-    return data, sources, list(data["answer"])
+    columns = ("image_id", "question", "question_type", "answer")
+    return [dict({name: data[i][name] for name in columns}, image_description=context[data[i]["image_id"]])
+            for i in range(len(data))]
+
+
+def source_text(row):
+    return f"question: {row['question']} context: {row['image_description']}"
 
 
 def load(args):
@@ -85,8 +96,8 @@ def main(argv=None):
                                                            target_modules=LORA_TARGET_MODULES))
         model.print_trainable_parameters()
 
-    train_rows, train_sources, train_targets = text_to_text(args.num_images, "train")
-    test_rows, test_sources, test_targets = text_to_text(args.eval_images, "test")
+    train_rows = question_rows(args.num_images, "train")
+    test_rows = question_rows(args.eval_images, "test")
 
     def encode(sources, targets):
         # the tokenizer's own [CLS] is dropped: T5-style sources end with the eos ([SEP]) only
@@ -95,27 +106,31 @@ def main(argv=None):
         return [dict(input_ids=s[1:], labels=t[1:]) for s, t in zip(source, target)]
 
     collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt")
-    trainer = VLPTrainer(model=model, args=training_args, train_dataset=encode(train_sources, train_targets),
-                         data_collator=collator)
+    train_examples = encode([source_text(row) for row in train_rows], [row["answer"] for row in train_rows])
+    trainer = VLPTrainer(model=model, args=training_args, train_dataset=train_examples, data_collator=collator)
     trainer.train()
     model = trainer.model
     model = (model.merge_and_unload() if hasattr(model, "merge_and_unload") else model).eval()
 
-    predictions = []
-    with torch.no_grad():
-        for start in range(0, len(test_sources), 64):
-            batch = collator([{"input_ids": e["input_ids"]} for e in encode(test_sources[start:start + 64],
-                                                                          test_targets[start:start + 64])])
-            generated = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                       max_new_tokens=6)
-            predictions += tokenizer.batch_decode(generated, skip_special_tokens=True)
-    accuracy = float(np.mean([p.strip() == t for p, t in zip(predictions, test_targets)]))
-    baseline, majority = majority_vqa_score(train_rows, test_rows)
+    def predict(rows):  # greedy answers, compared exactly with the gold answer
+        predictions = []
+        with torch.no_grad():
+            for start in range(0, len(rows), 64):
+                chunk = rows[start:start + 64]
+                examples = encode([source_text(row) for row in chunk], [row["answer"] for row in chunk])
+                batch = collator([{"input_ids": e["input_ids"]} for e in examples])
+                generated = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                           max_new_tokens=6)
+                predictions += [p.strip() for p in tokenizer.batch_decode(generated, skip_special_tokens=True)]
+        return predictions
+
+    report = classification_controls(predict, train_rows, test_rows, task="switch_vqa")
     model.save_pretrained(training_args.output_dir)
     tokenizer.save_pretrained(training_args.output_dir)
-    result = f"held-out exact match {accuracy:.3f} (always {majority!r}: {baseline:.3f})"
-    print(f"switch_transformers vqa: {result}")
-    return result
+    print("switch_transformers VQA (text-to-text), held-out exact match by question type")
+    print("  prior = most frequent training answer of the type; shuffled = same model, another scene's description")
+    print("\n".join("  " + line for line in format_controls(report).splitlines()), flush=True)
+    return report
 
 
 if __name__ == "__main__":

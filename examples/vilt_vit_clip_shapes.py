@@ -1,26 +1,28 @@
-"""Fine-tune ViLT, CLIP and ViT on the matching task of the shapes world.
+"""Fine-tune ViLT, CLIP and ViT on the matching task of the shapes world, and print the metric next to its controls.
 
-    python examples/vilt_vit_clip_shapes.py --output_dir runs/vilt_vqa --task vilt_vqa --patch_size 8 \
-        --num_images 300 --num_train_epochs 6 --learning_rate 1e-3
-    python examples/vilt_vit_clip_shapes.py --output_dir runs/clip --task clip_retrieval --patch_size 8 \
-        --num_train_epochs 15 --per_device_train_batch_size 64 --learning_rate 1e-3
-    python examples/vilt_vit_clip_shapes.py --output_dir runs/vit --task vit_classification --patch_size 8 \
-        --num_train_epochs 8 --learning_rate 1e-3
+    python examples/vilt_vit_clip_shapes.py --output_dir runs/vilt_vqa --task vilt_vqa --num_images 300 \
+        --num_train_epochs 6 --per_device_train_batch_size 8 --learning_rate 5e-4
+    python examples/vilt_vit_clip_shapes.py --output_dir runs/clip --task clip_retrieval \
+        --num_train_epochs 15 --per_device_train_batch_size 64 --learning_rate 5e-4
+    python examples/vilt_vit_clip_shapes.py --output_dir runs/vit --task vit_classification \
+        --num_train_epochs 8 --per_device_train_batch_size 32 --learning_rate 5e-4
     torchrun --nproc_per_node=2 examples/vilt_vit_clip_shapes.py --output_dir runs/clip --task clip_retrieval
     python examples/vilt_vit_clip_shapes.py --output_dir runs/x --task vilt_vqa --model_name_or_path CONVERTED_DIR
 Arguments: the fields below plus every `transformers.TrainingArguments` flag (`--bf16`, `--num_train_epochs`, ...).
 
   vilt_vqa            `ViltForQuestionAnswering` on VQA: soft answer scores, BCE x num_labels (original compute_vqa);
-                      metric: VQA score.
+                      reports accuracy per question type next to the question-type prior and the same model on
+                      shuffled images (`hf_vlp.evaluation.classification_controls`).
   clip_retrieval      `CLIPForPreTraining` on image-caption pairs with hf_vlp's contrastive loss (the global-batch
-                      loss under DDP); metric: recall@1 image->text and text->image over the held-out scenes.
+                      loss under DDP); reports text->image recall@1/5 over the held-out scenes next to chance and a
+                      shuffled gallery (`ranking_controls`).
   vit_classification  `ViTForImageClassification` on "what colour is the largest object?" (a label derived from the
-                      scene's boxes and colours); metric: accuracy.
-From scratch the models are small and use the shapes world's word-level vocabulary; with --model_name_or_path a
-converted model (and its saved processor) is fine-tuned instead. Each run prints its metric next to a trivial baseline.
-Measured with the first three commands (CPU, fp32, default sizes: hidden 128, 2 layers, 64 px, held-out test scenes):
-ViLT VQA score 0.31 (majority answer 0.22), CLIP recall@1 0.38 image->text / 0.35 text->image (chance 0.02, 48
-scenes), ViT accuracy 0.64 (majority colour 0.14).
+                      scene's boxes and colours); reports accuracy next to the majority colour and shuffled images.
+From scratch the models are small (hidden 128, 2 layers, 64 px input, 8 px patches: a shape is 7-19 px there, so a
+16 px patch would hold a quarter of the scene), use the shapes world's word-level vocabulary and a width-matched init
+(`--initializer_range 0.08`; BERT's 0.02 leaves a 128-wide model's attention near uniform). With
+--model_name_or_path a converted model (and its saved processor) is fine-tuned instead.
+Measured results and tables: docs/data.md, "Does the model look at the image? (examples)".
 """
 
 from dataclasses import dataclass, field
@@ -50,8 +52,15 @@ from transformers import (
 
 import hf_vlp  # noqa: F401  (registers the architectures)
 from hf_vlp.data import SHAPES_COLORS, SHAPES_VQA_ANSWERS, shapes_dataset
-from hf_vlp.recipes import majority_vqa_score, shapes_tokenizer
-from hf_vlp.trainer import VLPTrainer, recall_at_k
+from hf_vlp.evaluation import (
+    OVERALL,
+    classification_controls,
+    classifier_predict,
+    format_controls,
+    ranking_controls,
+)
+from hf_vlp.recipes import shapes_tokenizer
+from hf_vlp.trainer import VLPTrainer
 
 
 @dataclass
@@ -61,10 +70,15 @@ class ShapesArguments:
     num_images: int = field(default=400, metadata={"help": "training scenes"})
     eval_images: int = field(default=64, metadata={"help": "held-out test scenes"})
     image_size: int = field(default=64, metadata={"help": "from scratch: input resolution"})
-    patch_size: int = field(default=16, metadata={"help": "from scratch: patch size"})
+    patch_size: int = field(default=8, metadata={"help": "from scratch: patch size (8 px keeps a small shape whole)"})
     hidden_size: int = 128
     num_layers: int = 2
     num_attention_heads: int = 4
+    initializer_range: float = field(
+        default=0.08,
+        metadata={"help": "from scratch: init std of ViLT / ViT (~1/sqrt(hidden_size); BERT's 0.02 suits 768 wide); "
+                  "CLIP gets initializer_factor = initializer_range / 0.04 (its init already scales with the width)"},
+    )
     lora_r: int = field(default=0, metadata={"help": "> 0: train LoRA adapters (the architecture's preset) only"})
 
 
@@ -75,6 +89,11 @@ def sizes(args):
         num_attention_heads=args.num_attention_heads,
         intermediate_size=2 * args.hidden_size,
     )
+
+
+def print_report(title, report, note):
+    print(f"{title}\n  {note}")
+    print("\n".join("  " + line for line in format_controls(report).splitlines()), flush=True)
 
 
 def with_lora(model, args, targets, modules_to_save=None):
@@ -130,6 +149,7 @@ def run_vilt_vqa(args, training_args):
             num_labels=num_labels,
             id2label=dict(enumerate(SHAPES_VQA_ANSWERS)),
             layer_norm_eps=1e-6,
+            initializer_range=args.initializer_range,
         )
         model = ViltForQuestionAnswering(config)
     model = with_lora(model, args, VILT_LORA, modules_to_save=["classifier"])
@@ -152,14 +172,11 @@ def run_vilt_vqa(args, training_args):
         return {**batch, "labels": labels}
 
     model = train(model, training_args, train_rows, collate)
-    scores = []
-    with torch.no_grad():
-        for rows in batches(test_rows):
-            predicted = model(**encode(rows)).logits.argmax(-1)
-            for row, answer in zip(rows, predicted.tolist()):
-                scores.append(dict(zip(row["answer_ids"], row["answer_scores"])).get(answer, 0.0))
-    baseline, majority = majority_vqa_score(train_rows, test_rows)
-    return model, processor, {"vqa_score": float(np.mean(scores)), f"majority ({majority!r})": baseline}
+    report = classification_controls(classifier_predict(model, encode, SHAPES_VQA_ANSWERS), train_rows, test_rows,
+                                     task="vilt_vqa")
+    print_report("ViLT VQA, held-out accuracy by question type", report,
+                 "prior = most frequent training answer of the type; shuffled = same model, another scene's image")
+    return model, processor, report
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -189,12 +206,17 @@ def run_clip_retrieval(args, training_args):
             pad_token_id=tokenizer.pad_token_id,
         )
         vision = dict(sizes(args), image_size=args.image_size, patch_size=args.patch_size)
-        model = CLIPForPreTraining(CLIPConfig(text_config=text, vision_config=vision, projection_dim=64))
+        # CLIP's attention / MLP init is hidden**-0.5 x initializer_factor: factor 2 at width 128 matches the other
+        # models' initializer_range 0.08 (modeling/clip SPECS small_sizes)
+        factor = args.initializer_range / 0.04
+        model = CLIPForPreTraining(
+            CLIPConfig(text_config=text, vision_config=vision, projection_dim=64, initializer_factor=factor)
+        )
     model = with_lora(model, args, CLIP_LORA)
     context = model.config.text_config.max_position_embeddings
 
     def encode(rows):
-        return processor(
+        batch = processor(
             images=[row["image"] for row in rows],
             text=[row["text"] for row in rows],
             padding="longest",
@@ -202,21 +224,24 @@ def run_clip_retrieval(args, training_args):
             max_length=context,
             return_tensors="pt",
         )
+        batch.pop("token_type_ids", None)  # a BERT tokenizer's: CLIP's text tower has no segments
+        return batch
 
     model = train(model, training_args, train_rows, lambda rows: dict(encode(rows)))
-    image_embeds, text_embeds = [], []
-    with torch.no_grad():
-        for rows in batches(test_rows):
-            out = model(**encode(rows), return_loss=False)
-            image_embeds.append(out.image_embeds)
-            text_embeds.append(out.text_embeds)
-    similarity = (torch.cat(image_embeds) @ torch.cat(text_embeds).t()).numpy()
-    result = {
-        "image->text recall@1": recall_at_k(similarity, ks=(1,))["recall@1"],
-        "text->image recall@1": recall_at_k(similarity.T, ks=(1,))["recall@1"],
-        "chance": 1.0 / len(test_rows),
-    }
-    return model, processor, result
+
+    def score(rows):  # (texts, images) cosine similarities
+        image_embeds, text_embeds = [], []
+        with torch.no_grad():
+            for chunk in batches(rows):
+                out = model(**encode(chunk), return_loss=False)
+                image_embeds.append(out.image_embeds)
+                text_embeds.append(out.text_embeds)
+        return torch.cat(text_embeds) @ torch.cat(image_embeds).t()
+
+    report = ranking_controls(score, test_rows, task="clip_retrieval")
+    print_report(f"CLIP text->image retrieval over {len(test_rows)} held-out scenes", report,
+                 "chance = K / N; shuffled = same model, the gallery's images shuffled (the true image is gone)")
+    return model, processor, report
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -253,6 +278,7 @@ def run_vit_classification(args, training_args):
             id2label=dict(enumerate(names)),
             hidden_act="gelu_pytorch_tanh",
             layer_norm_eps=1e-6,
+            initializer_range=args.initializer_range,
         )
         model = ViTForImageClassification(config)
     model = with_lora(model, args, VIT_LORA, modules_to_save=VIT_MODULES_TO_SAVE)
@@ -264,15 +290,17 @@ def run_vit_classification(args, training_args):
         return {"pixel_values": pixels(rows), "labels": torch.tensor([largest_shape_label(r) for r in rows])}
 
     model = train(model, training_args, train_rows, collate)
-    correct = []
-    with torch.no_grad():
-        for rows in batches(test_rows):
-            predicted = model(pixel_values=pixels(rows)).logits.argmax(-1).tolist()
-            correct += [p == largest_shape_label(r) for p, r in zip(predicted, rows)]
-    train_labels = [largest_shape_label(r) for r in train_rows]
-    majority = max(set(train_labels), key=train_labels.count)
-    baseline = float(np.mean([largest_shape_label(r) == majority for r in test_rows]))
-    return model, processor, {"accuracy": float(np.mean(correct)), f"majority ({names[majority]!r})": baseline}
+
+    def labelled(data):  # the label is a text column: it stays with its row when the images are shuffled
+        return [{**row, "label": names[largest_shape_label(row)]} for row in (data[i] for i in range(len(data)))]
+
+    report = classification_controls(
+        classifier_predict(model, lambda rows: {"pixel_values": pixels(rows)}, names),
+        labelled(train_rows), labelled(test_rows), label_key="label", group_key=None, task="vit_classification",
+    )
+    print_report("ViT, colour of the largest shape, held-out accuracy", report,
+                 "prior = the majority training colour; shuffled = same model, another scene's image")
+    return model, processor, report
 
 
 def main(argv=None):
@@ -290,7 +318,7 @@ def main(argv=None):
     if training_args.process_index == 0:
         model.save_pretrained(training_args.output_dir)
         processor.save_pretrained(training_args.output_dir)
-    print(f"{args.task}: {result}")
+    print(f"{args.task}: {result.accuracy[OVERALL] if OVERALL in result.accuracy else result.accuracy}")
     return result
 
 

@@ -38,18 +38,22 @@ SPECS = (
         inputs=InputKind.PIXELS,
         processor="transformers.BlipProcessor",
         vocab_size_field="text_config.vocab_size",
-        # the fields `blip_config` sets for a model trained from scratch (vision init 0.02, LayerNorm eps 1e-6), with
-        # BERT-style special ids of small vocabularies ([PAD] 0, [UNK] 1 as [ENC], [CLS] 2 as [DEC], [SEP] 3)
+        # the fields `blip_config` sets for a model trained from scratch (LayerNorm eps 1e-6), with BERT-style special
+        # ids of small vocabularies ([PAD] 0, [UNK] 1 as [ENC], [CLS] 2 as [DEC], [SEP] 3). Init 0.08 ~ 1/sqrt(128) in
+        # both towers (each reads its own initializer_range: the vision tower for its Linears, the patch Conv2d, the
+        # position and class embeddings; the text encoder / decoder for theirs), not the 768-wide model's 0.02, as
+        # hf_vlp.recipes.SMALL_SIZES
         small_sizes=dict(
             vision_config=dict(
-                _SMALL, image_size=64, patch_size=16, layer_norm_eps=1e-6, initializer_range=0.02, projection_dim=64
+                _SMALL, image_size=64, patch_size=16, layer_norm_eps=1e-6, initializer_range=0.08, projection_dim=64
             ),
             text_config=dict(
                 _SMALL, vocab_size=64, max_position_embeddings=64, bos_token_id=2, pad_token_id=0, sep_token_id=3,
-                eos_token_id=3, projection_dim=64, label_smoothing=0.1,
+                eos_token_id=3, projection_dim=64, label_smoothing=0.1, initializer_range=0.08,
             ),
             projection_dim=64,
             image_text_hidden_size=64,
+            initializer_range=0.08,  # the heads on top of both towers (ITM, ITC projections)
             enc_token_id=1,
             queue_size=64,
         ),
