@@ -185,6 +185,14 @@ def classifier_predict(model, collator, labels: Sequence | None = None, batch_si
     return predict
 
 
+def region_predict(model, collator, offset: int = 0, batch_size: int = 64):
+    """`predict(rows)` for a referring-expression head (`logits` (B, R) over the regions): the arg-max region,
+    less `offset` (1 where the processor prepends a whole-image region, as ViLBERT's does), so it compares with
+    the rows' `target_index`."""
+    classify = classifier_predict(model, collator, batch_size=batch_size)
+    return lambda rows: [index - offset for index in classify(rows)]
+
+
 def ranking_controls(score: Callable[[list[dict]], torch.Tensor], rows, ks: Sequence[int] = (1, 5),
                      seed: int = 0, task: str = "retrieval") -> ControlReport:
     """Text-to-image recall@K over a gallery of `rows` (row i's text matches row i's image), against chance (K/N)
