@@ -96,6 +96,8 @@ def test_ranking_controls_chance_and_shuffled_gallery():
     assert report.accuracy["R@1"] == 1.0
     assert report.controls["chance"]["R@1"] == pytest.approx(1 / 5)
     assert report.controls["shuffled"]["R@1"] == 0.0
+    table = report.format().splitlines()  # one row per recall@K: a ranking report has no "overall" group
+    assert len(table) == 2 and table[1].split()[:3] == ["R@1", "5", "1.000"]
 
 
 def test_grounding_controls_random_box_and_position_prior():
@@ -104,6 +106,7 @@ def test_grounding_controls_random_box_and_position_prior():
     assert report.accuracy[OVERALL] == 1.0
     assert report.controls["random box"][OVERALL] == pytest.approx((1 / 2 + 1 / 4 + 1 / 4) / 3)
     assert report.controls["prior"][OVERALL] == pytest.approx(2 / 3)
+    assert report.format().splitlines()[0].split() == ["n", "accuracy", "random", "box", "prior"]  # columns apart
 
 
 def test_controls_reject_predictions_of_the_wrong_length():
