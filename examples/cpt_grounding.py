@@ -14,9 +14,9 @@ Accuracy is printed next to its controls (`hf_vlp.evaluation.grounding_controls`
     python examples/cpt_grounding.py --output_dir runs/cpt --bf16     # ~2.5 minutes on one GPU
     python examples/cpt_grounding.py --model runs/cpt/pretrained      # reuse the pretrained model
 
-One run with the defaults on an H200 (docs/cpt.md has the other settings): zero-shot 0.310, 16-shot (ratio score,
-3 draws) 0.326 +- 0.007, random choice 0.316 over 300 expressions — CPT does not transfer to a small model
-pretrained on shapes captions only: at "[MASK]" in "the circle is in [MASK] color." it predicts "the" / "to".
+One run with the defaults on an H200, before the width-matched init (initializer_range 0.02; docs/cpt.md has the
+other settings): zero-shot 0.310, 16-shot (ratio score, 3 draws) 0.326 +- 0.007, random choice 0.316 over 300
+expressions — CPT does not transfer to a small model pretrained on shapes captions only: at "[MASK]" in "the circle is in [MASK] color." it predicts "the" / "to".
 """
 
 import argparse
