@@ -8,14 +8,15 @@
    gives the highest `red` logit at [MASK].
 3. Few-shot CPT: fine-tune on 16 training expressions with the masked-LM loss on `red` (painted target) / `none`
    (another candidate painted), then pick by logit(red) / logit(none) as CPT's few-shot evaluation does.
-Accuracy is printed next to random choice (the mean of 1 / number of candidates).
+Accuracy is printed next to its controls (`hf_vlp.evaluation.grounding_controls`): a random box (the mean of
+1 / number of candidates) and the position prior (the most frequent target index of the training expressions).
 
     python examples/cpt_grounding.py --output_dir runs/cpt --bf16     # ~2.5 minutes on one GPU
     python examples/cpt_grounding.py --model runs/cpt/pretrained      # reuse the pretrained model
 
-One run with the defaults on an H200 (docs/cpt.md has the other settings): zero-shot 0.310, 16-shot (ratio score,
-3 draws) 0.326 +- 0.007, random choice 0.316 over 300 expressions — CPT does not transfer to a small model
-pretrained on shapes captions only: at "[MASK]" in "the circle is in [MASK] color." it predicts "the" / "to".
+One run with the defaults on an H200, before the width-matched init (initializer_range 0.02; docs/cpt.md has the
+other settings): zero-shot 0.310, 16-shot (ratio score, 3 draws) 0.326 +- 0.007, random choice 0.316 over 300
+expressions — CPT does not transfer to a small model pretrained on shapes captions only: at "[MASK]" in "the circle is in [MASK] color." it predicts "the" / "to".
 """
 
 import argparse
@@ -30,6 +31,7 @@ from transformers import BertTokenizer, TrainingArguments
 import hf_vlp  # noqa: F401  (registers the architectures)
 from hf_vlp import cpt
 from hf_vlp.data import SHAPES_CLASSES, RegionFeatureExtractor, shapes_dataset
+from hf_vlp.evaluation import OVERALL, grounding_controls
 from hf_vlp.modeling.oscar import OscarConfig, OscarForPreTraining
 from hf_vlp.pretraining.collators import DataCollatorForVLPretraining
 from hf_vlp.processing.cpt import CptProcessor
@@ -63,6 +65,7 @@ def pretrain(args, tokenizer, output_dir):
     config = OscarConfig(vocab_size=len(tokenizer), hidden_size=args.hidden_size, num_hidden_layers=args.layers,
                          num_attention_heads=4, intermediate_size=2 * args.hidden_size, max_position_embeddings=128,
                          visual_feat_dim=feature_dim, use_img_layer_norm=True, pad_token_id=tokenizer.pad_token_id,
+                         initializer_range=0.08,  # width-matched (~1/sqrt(128)), as the spec's small sizes
                          bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
                          mask_token_id=tokenizer.mask_token_id)
     model = OscarForPreTraining(config)
@@ -94,15 +97,23 @@ def prepare(processor, examples, extractor):
 
 
 @torch.no_grad()
-def accuracy(model, processor, examples, prepared, method):
+def predictions(model, processor, prepared, method):
+    """The chosen candidate of each prepared expression: the highest `red` logit (zero-shot) or red / none ratio."""
     model.eval()
     none_id = cpt.color_token_id(processor.tokenizer, processor.none_word)
-    correct = 0
-    for example, inputs in zip(examples, prepared):
+    chosen = []
+    for inputs in prepared:
         logits = cpt.mask_logits(model, inputs.inputs, inputs.mask_positions)[:, 0]
-        scores = cpt.candidate_scores(logits, inputs, none_id, method)
-        correct += int(scores.argmax()) == example["target_index"]
-    return correct / len(examples)
+        chosen.append(int(cpt.candidate_scores(logits, inputs, none_id, method).argmax()))
+    return chosen
+
+
+def controls(model, processor, train, evaluation, prepared, method, task):
+    """`hf_vlp.evaluation.grounding_controls`: accuracy next to a random box and the most frequent target index of
+    the training expressions (the position prior)."""
+    prepared_of = {id(example): inputs for example, inputs in zip(evaluation, prepared)}
+    predict = lambda rows: predictions(model, processor, [prepared_of[id(row)] for row in rows], method)  # noqa: E731
+    return grounding_controls(predict, train, evaluation, task=task)
 
 
 def main(argv=None):
@@ -114,6 +125,7 @@ def main(argv=None):
     parser.add_argument("--hidden_size", type=int, default=128)
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--eval_images", type=int, default=150, help="validation scenes (2 expressions each)")
+    parser.add_argument("--prior_images", type=int, default=500, help="training scenes of the position prior")
     parser.add_argument("--shots", type=int, default=16)
     parser.add_argument("--few_shot_epochs", type=float, default=40)
     parser.add_argument("--few_shot_lr", type=float, default=1e-4)
@@ -140,11 +152,13 @@ def main(argv=None):
     processor = CptProcessor(tokenizer, template=template)  # red, alpha 127, "<expression> is in [MASK] color."
     evaluation = expressions("validation", args.eval_images, args.seed)
     prepared = prepare(processor, evaluation, extractor)
-    chance = float(np.mean([1 / len(e["boxes"]) for e in evaluation]))
-    results = {"expressions": len(evaluation), "random_choice": chance}
-    results["zero_shot"] = accuracy(model, processor, evaluation, prepared, "zero_shot")
-    print(f"zero-shot CPT accuracy {results['zero_shot']:.3f}  (random choice {chance:.3f}, "
-          f"{len(evaluation)} expressions)")
+    # the position prior comes from training expressions (their most frequent target index)
+    train = expressions("train", args.prior_images, args.seed + 1)
+    zero_shot = controls(model, processor, train, evaluation, prepared, "zero_shot", "cpt zero-shot")
+    chance = zero_shot.controls["random box"][OVERALL]
+    results = {"expressions": len(evaluation), "random_choice": chance,
+               "position_prior": zero_shot.controls["prior"][OVERALL], "zero_shot": zero_shot.accuracy[OVERALL]}
+    print(f"zero-shot CPT ({len(evaluation)} expressions), next to its controls:\n{zero_shot.format()}", flush=True)
 
     # few-shot: every seed draws its own 16 training expressions and tunes a fresh copy of the pretrained model
     pretrained = Path(args.model) if args.model else output_dir / "pretrained"
@@ -158,12 +172,12 @@ def main(argv=None):
                                                         num_train_epochs=args.few_shot_epochs, seed=seed,
                                                         per_device_train_batch_size=args.few_shot_batch_size)
         cpt.tune(model, processor, shots, extractor, training_args=few_shot_args, seed=seed)
-        ratio = accuracy(model, processor, evaluation, prepared, "ratio")
-        color_logit = accuracy(model, processor, evaluation, prepared, "zero_shot")
-        results["few_shot_ratio"].append(ratio)
-        results["few_shot_color_logit"].append(color_logit)
-        print(f"{len(shots)}-shot CPT (seed {seed}) accuracy {ratio:.3f} (logit ratio red/none), {color_logit:.3f} "
-              f"(red logit)  (random choice {chance:.3f})")
+        ratio = controls(model, processor, train, evaluation, prepared, "ratio", f"cpt {len(shots)}-shot ratio")
+        color_logit = controls(model, processor, train, evaluation, prepared, "zero_shot", "red logit")
+        results["few_shot_ratio"].append(ratio.accuracy[OVERALL])
+        results["few_shot_color_logit"].append(color_logit.accuracy[OVERALL])
+        print(f"{len(shots)}-shot CPT (seed {seed}): logit ratio red/none, then red logit, next to the controls:\n"
+              f"{ratio.format()}\n{color_logit.format()}", flush=True)
     for name in ("few_shot_ratio", "few_shot_color_logit"):
         values = results[name] or [float("nan")]
         print(f"{name}: mean {np.mean(values):.3f} +- {np.std(values):.3f} over {len(values)} draws of "

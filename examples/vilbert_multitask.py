@@ -7,7 +7,9 @@
 12-in-1 (Lu et al., CVPR 2020, `train_tasks.py`) shares one backbone across tasks, inserts a learned task token
 after [CLS] (`config.task_specific_tokens`), gives each task its own head, and trains by cycling through the tasks:
 every step draws one batch of each task and sums their losses. `VilbertForMultiTask(task=...)` runs one task's head
-with that task's token (`config.task_token_ids`). Prints each task's held-out metric and saves model + processor.
+with that task's token (`config.task_token_ids`). Prints each task's held-out metric next to its controls
+(`hf_vlp.training.evaluate_task`: question-type prior / majority label / random box / chance, and the same model on
+shuffled images) and saves model + processor.
 """
 
 import argparse
@@ -21,8 +23,8 @@ from hf_vlp.data import shapes_dataset
 from hf_vlp.modeling.vilbert import VilbertConfig, VilbertForMultiTask, VilbertProcessor
 from hf_vlp.pretraining.collators import DataCollatorForVLTask
 from hf_vlp.processing.region import RegionFeatureProcessor
-from hf_vlp.recipes import majority_vqa_score, shapes_tokenizer, vqa_num_labels
-from hf_vlp.training import evaluate_task
+from hf_vlp.recipes import shapes_tokenizer, vqa_num_labels
+from hf_vlp.training import SHAPES_TASK_METRICS, evaluate_task
 
 TASKS = ("vqa", "entailment", "nlvr2", "refexp", "retrieval")
 
@@ -40,23 +42,8 @@ SMALL = dict(
     bi_num_attention_heads=4,
     v_biattention_id=[0, 1],
     t_biattention_id=[2, 3],
+    initializer_range=0.08,  # width-matched (~1/sqrt(128)), as the spec's small sizes: BERT's 0.02 is for 768 wide
 )
-
-
-class TaskBatches:
-    """The shared task collator, plus ViLBERT's region offset: the processor puts the whole image at region 0, so
-    the referred region `target_index` is region `target_index + 1` of the model's input."""
-
-    def __init__(self, processor, task, num_labels):
-        self.task = task
-        self.collator = DataCollatorForVLTask(processor, task, num_labels=num_labels)
-        self.offset = int(processor.image_processor.add_global_region)
-
-    def __call__(self, rows):
-        batch = self.collator(rows)
-        if self.task == "refexp":
-            batch["labels"] = torch.tensor([row["target_index"] + self.offset for row in rows])
-        return batch
 
 
 class OneTask:
@@ -64,6 +51,13 @@ class OneTask:
 
     def __init__(self, model, task):
         self.model, self.task = model, task
+
+    @property
+    def training(self):
+        return self.model.training
+
+    def train(self, mode=True):
+        self.model.train(mode)
 
     def eval(self):
         self.model.eval()
@@ -86,7 +80,7 @@ def main(argv=None):
     parser.add_argument("--eval_images", type=int, default=100)
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps; each sees one batch of every task")
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--learning_rate", type=float, default=3e-4)
+    parser.add_argument("--learning_rate", type=float, default=5e-4)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (fast on CPUs with avx512_bf16)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -120,7 +114,8 @@ def main(argv=None):
             **SMALL,
         )
         model = VilbertForMultiTask(config)
-    collators = {task: TaskBatches(processor, task, model.config.num_labels) for task in tasks}
+    # the shared task collator shifts `target_index` by ViLBERT's prepended whole-image region
+    collators = {task: DataCollatorForVLTask(processor, task, num_labels=model.config.num_labels) for task in tasks}
     loaders = {
         task: endless(
             torch.utils.data.DataLoader(
@@ -156,13 +151,9 @@ def main(argv=None):
 
     for task in tasks:
         train, test = data[task]
-        score = evaluate_task(OneTask(model, task), collators[task], test, task)
-        if task == "vqa":
-            baseline, answer = majority_vqa_score(train, test)
-            print(f"{task}: held-out VQA score {score:.3f} (majority answer {answer!r}: {baseline:.3f})")
-        else:
-            metric = "recall@1" if task == "retrieval" else "accuracy"
-            print(f"{task}: held-out {metric} {score:.3f}")
+        report = evaluate_task(OneTask(model, task), collators[task], test, task, train=train)
+        print(f"{task}: held-out {SHAPES_TASK_METRICS[task]} next to its controls (hf_vlp.evaluation):")
+        print(report.format(), flush=True)
     model.save_pretrained(args.output_dir)
     processor.save_pretrained(args.output_dir)
     return model

@@ -94,7 +94,8 @@ def _eval(args):
     processor = AutoProcessor.from_pretrained(args.model)
     data = shapes_dataset(args.task, num_images=args.num_images, split=args.split)
     collator = task_collator(model, processor, args.task)
-    print(f"{args.task} {args.split}: {evaluate_task(model, collator, data, args.task):.4f}")
+    report = evaluate_task(model, collator, data, args.task)  # priors from the evaluated split itself
+    print(f"{args.task} {args.split}, next to its controls:\n{report.format()}")
     return 0
 
 

@@ -112,13 +112,16 @@ class ControlReport:
         return {"task": self.task, "accuracy": self.accuracy, "controls": self.controls, "counts": self.counts}
 
     def format(self) -> str:
-        """A fixed-width table: one row per group, accuracy then each control."""
+        """A fixed-width table: one row per group (or per recall@K of a ranking report), accuracy then each
+        control; every column at least as wide as its name."""
         names = list(self.controls)
-        header = f"{'':<12}{'n':>6}{'accuracy':>10}" + "".join(f"{name:>10}" for name in names)
+        widths = [max(10, len(name) + 2) for name in names]
+        header = f"{'':<12}{'n':>6}{'accuracy':>10}" + "".join(f"{name:>{w}}" for name, w in zip(names, widths))
         lines = [header]
-        for group in [g for g in self.accuracy if g != OVERALL] + [OVERALL]:
+        groups = [g for g in self.accuracy if g != OVERALL] + ([OVERALL] if OVERALL in self.accuracy else [])
+        for group in groups:
             line = f"{group:<12}{self.counts.get(group, 0):>6}{self.accuracy[group]:>10.3f}"
-            line += "".join(f"{self.controls[name].get(group, float('nan')):>10.3f}" for name in names)
+            line += "".join(f"{self.controls[name].get(group, float('nan')):>{w}.3f}" for name, w in zip(names, widths))
             lines.append(line)
         return "\n".join(lines)
 
@@ -183,6 +186,14 @@ def classifier_predict(model, collator, labels: Sequence | None = None, batch_si
         return [labels[i] for i in predicted] if labels is not None else predicted
 
     return predict
+
+
+def region_predict(model, collator, offset: int = 0, batch_size: int = 64):
+    """`predict(rows)` for a referring-expression head (`logits` (B, R) over the regions): the arg-max region,
+    less `offset` (1 where the processor prepends a whole-image region, as ViLBERT's does), so it compares with
+    the rows' `target_index`."""
+    classify = classifier_predict(model, collator, batch_size=batch_size)
+    return lambda rows: [index - offset for index in classify(rows)]
 
 
 def ranking_controls(score: Callable[[list[dict]], torch.Tensor], rows, ks: Sequence[int] = (1, 5),

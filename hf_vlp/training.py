@@ -12,23 +12,33 @@ import torch
 from transformers import AutoConfig, AutoProcessor, enable_full_determinism, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from .data import shapes_dataset
+from .data import SHAPES_VQA_ANSWERS, shapes_dataset
 from .data.shapes import SHAPES_CLASSES
+from .evaluation import (
+    OVERALL,
+    classification_controls,
+    classifier_predict,
+    grounding_controls,
+    ranking_controls,
+    region_predict,
+)
 from .pretraining.collators import DataCollatorForVLTask
 from .recipes import (
     build_config,
     build_processor,
     head_class,
-    majority_vqa_score,
     shapes_tokenizer,
     vqa_num_labels,
 )
 from .registry import get_spec, spec_for_model, spec_for_model_type
 from .spec import InputKind, Task, resolve
-from .trainer import VLPTrainer, accuracy, compute_metrics_for_task, vqa_score
+from .trainer import VLPTrainer, compute_metrics_for_task
 
 # label vocabulary of each shapes-world task, set on the head's `num_labels_field`
 SHAPES_NUM_LABELS = {"vqa": vqa_num_labels, "entailment": lambda: 3, "nlvr2": lambda: 2}
+# the headline metric of each task's `evaluate_task` report
+SHAPES_TASK_METRICS = {"vqa": "accuracy", "entailment": "accuracy", "nlvr2": "accuracy", "refexp": "accuracy",
+                       "retrieval": "recall@K"}
 SIZE_ARGUMENTS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 # the fine-tuning tasks with shapes-world data and a collator (`DataCollatorForVLTask`)
 SHAPES_FINETUNE_TASKS = ("vqa", "entailment", "nlvr2", "refexp", "retrieval")
@@ -291,30 +301,66 @@ def shapes_trainer(args, training_args, train, model, processor):
     )
 
 
-def evaluate_task(model, collator, dataset, task, batch_size=64):
-    """Held-out metric: VQA score, accuracy, or recall@1 of the positive in its retrieval group."""
-    model.eval()
-    scores = []
-    with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            if task == "retrieval" and len(rows) < 2:
-                continue
-            batch = collator(rows)
-            labels = batch.pop("labels", None)
-            group = batch.pop("group_size", None)
-            logits = model(**batch).logits
-            if task == "vqa":
-                scores.append(vqa_score(logits, labels) * len(rows))
-            elif task == "retrieval":
-                scores.append(float((logits.view(-1, group).argmax(-1) == 0).float().sum()))
-            else:
-                scores.append(accuracy(logits, labels) * len(rows))
-    return sum(scores) / len(dataset)
+def _rows(dataset):
+    return dataset if isinstance(dataset, list) else [dataset[i] for i in range(len(dataset))]
+
+
+def retrieval_score(model, collator, batch_size=64):
+    """`score(rows)` for `hf_vlp.evaluation.ranking_controls`: the model's match score of every text with every
+    image of `rows`, an (N texts, N images) matrix, through the task collator's processor call."""
+
+    def score(rows):
+        was_training = model.training
+        model.eval()
+        text_field = collator.fields["text"]
+        pairs = [(t, i) for t in range(len(rows)) for i in range(len(rows))]
+        scores = []
+        try:
+            with torch.no_grad():
+                for start in range(0, len(pairs), batch_size):
+                    chunk = pairs[start:start + batch_size]
+                    batch = collator._encode(rows, [rows[t][text_field] for t, _ in chunk], order=[i for _, i in chunk])
+                    scores.append(model(**batch).logits.float().reshape(len(chunk), -1)[:, -1])
+        finally:
+            model.train(was_training)
+        return torch.cat(scores).view(len(rows), len(rows))
+
+    return score
+
+
+def evaluate_task(model, collator, dataset, task, batch_size=64, train=None, retrieval_gallery=100, seed=0):
+    """The held-out metric next to its controls (`hf_vlp.evaluation.ControlReport`; `.format()` prints the table):
+
+      * vqa: accuracy per question type, the question-type prior, the same model with shuffled images;
+      * entailment / nlvr2: accuracy, the majority label, shuffled images;
+      * refexp: accuracy of the predicted region, a random box, the most frequent target position;
+      * retrieval: text-to-image recall@1/5 over a gallery of the first `retrieval_gallery` rows, chance, the
+        same model against a shuffled gallery.
+
+    The priors come from `train`; without it, from `dataset` itself (an optimistic prior: the held-out majority).
+    """
+    if task not in SHAPES_TASK_METRICS:
+        raise ValueError(f"`task` must be one of {sorted(SHAPES_TASK_METRICS)}, got {task!r}")
+    rows = _rows(dataset)
+    if not rows:
+        raise ValueError("`dataset` is empty.")
+    train = rows if train is None else train
+    if task == "retrieval":
+        return ranking_controls(retrieval_score(model, collator, batch_size), rows[:retrieval_gallery], seed=seed)
+    if task == "refexp":
+        offset = int(getattr(collator.processor.image_processor, "add_global_region", False))
+        return grounding_controls(region_predict(model, collator, offset, batch_size), train, rows)
+    if task == "vqa":
+        # the collator puts answer `SHAPES_VQA_ANSWERS[i]` at class i (the rows' `answer_ids`)
+        predict = classifier_predict(model, collator, SHAPES_VQA_ANSWERS, batch_size)
+        return classification_controls(predict, train, rows, task="vqa", seed=seed)
+    predict = classifier_predict(model, collator, batch_size=batch_size)
+    return classification_controls(predict, train, rows, label_key="label", group_key=None, task=task, seed=seed)
 
 
 def run_finetuning(args, training_args):
-    """Fine-tune on a shapes-world task, print the held-out metric, save model + processor."""
+    """Fine-tune on a shapes-world task, print the held-out metric next to its controls (`evaluate_task`), save
+    model + processor. Returns the overall metric (accuracy, or recall@1 for retrieval)."""
     training_args.remove_unused_columns = False
 
     checkpoint = resume_checkpoint(training_args)
@@ -326,11 +372,9 @@ def run_finetuning(args, training_args):
     trainer = shapes_trainer(args, training_args, train, model, processor)
     trainer.train(resume_from_checkpoint=checkpoint)
 
-    score = evaluate_task(trainer.model, task_collator(trainer.model, processor, args.task), test, args.task)
-    if args.task == "vqa":
-        baseline, answer = majority_vqa_score(train, test)
-        print(f"held-out VQA score {score:.3f}  (majority answer {answer!r}: {baseline:.3f})")
-    else:
-        print(f"held-out {args.task} {'recall@1' if args.task == 'retrieval' else 'accuracy'} {score:.3f}")
+    collator = task_collator(trainer.model, processor, args.task)
+    report = evaluate_task(trainer.model, collator, test, args.task, train=train)
+    print(f"held-out {args.task} {SHAPES_TASK_METRICS[args.task]} next to its controls:")
+    print(report.format(), flush=True)
     trainer.save_model(training_args.output_dir)  # model and processor
-    return score
+    return report.accuracy[OVERALL if args.task != "retrieval" else "R@1"]

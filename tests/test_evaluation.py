@@ -11,6 +11,7 @@ from hf_vlp.evaluation import (
     grounding_controls,
     majority_by_group,
     ranking_controls,
+    region_predict,
     shuffle_images,
 )
 
@@ -95,6 +96,8 @@ def test_ranking_controls_chance_and_shuffled_gallery():
     assert report.accuracy["R@1"] == 1.0
     assert report.controls["chance"]["R@1"] == pytest.approx(1 / 5)
     assert report.controls["shuffled"]["R@1"] == 0.0
+    table = report.format().splitlines()  # one row per recall@K: a ranking report has no "overall" group
+    assert len(table) == 2 and table[1].split()[:3] == ["R@1", "5", "1.000"]
 
 
 def test_grounding_controls_random_box_and_position_prior():
@@ -103,12 +106,73 @@ def test_grounding_controls_random_box_and_position_prior():
     assert report.accuracy[OVERALL] == 1.0
     assert report.controls["random box"][OVERALL] == pytest.approx((1 / 2 + 1 / 4 + 1 / 4) / 3)
     assert report.controls["prior"][OVERALL] == pytest.approx(2 / 3)
+    assert report.format().splitlines()[0].split() == ["n", "accuracy", "random", "box", "prior"]  # columns apart
 
 
 def test_controls_reject_predictions_of_the_wrong_length():
     rows = rows_with_images()
     with pytest.raises(ValueError, match="returned 1 labels"):
         classification_controls(lambda batch: ["x"], rows, rows)
+
+
+class ReadsTheRegion(torch.nn.Module):
+    """A stand-in model whose logits are the batch's `region` one-hot (what it reads off the image)."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, region, labels=None):
+        return type("Output", (), {"logits": torch.nn.functional.one_hot(region, self.num_classes).float()})()
+
+
+def test_region_predict_removes_the_global_region_offset():
+    rows = [{"target": t} for t in (0, 2, 1)]
+    collate = lambda batch: {"region": torch.tensor([r["target"] + 1 for r in batch])}  # noqa: E731
+    assert region_predict(ReadsTheRegion(4), collate, offset=1)(rows) == [0, 2, 1]
+
+
+class FakeTaskCollator:
+    """What `evaluate_task` uses of `DataCollatorForVLTask`: `fields`, `processor.image_processor`, `_encode`."""
+
+    fields = {"text": "text"}
+
+    def __init__(self, key, offset=0):
+        self.key, self.offset = key, offset
+        self.processor = type("P", (), {"image_processor": type("I", (), {"add_global_region": bool(offset)})()})()
+
+    def __call__(self, rows):
+        return {"region": torch.tensor([int(r["region_features"][0][0]) + self.offset for r in rows])}
+
+    def _encode(self, rows, texts, order):  # retrieval pairs: score 1 where the text names the image
+        images = [int(rows[i]["region_features"][0][0]) for i in order]
+        return {"text": torch.tensor([int(t[1:]) for t in texts]), "image": torch.tensor(images)}
+
+
+class Matcher(torch.nn.Module):
+    def forward(self, text, image):
+        return type("Output", (), {"logits": (text == image).float()[:, None]})()
+
+
+def test_evaluate_task_reports_each_task_next_to_its_controls():
+    from hf_vlp.training import evaluate_task
+
+    rows = rows_with_images(num_images=6, questions_per_image=1)
+    for row in rows:  # the image decides every label / target
+        image = int(row["image_id"][3:])
+        row.update(label=image % 2, target_index=image % 2, text=f"t{image}", boxes=[[0, 0, 1, 1]] * 4)
+    nlvr2 = evaluate_task(ReadsTheRegion(6), FakeTaskCollator("label"), [{**r, "region_features": [[r["label"]]]}
+                                                                          for r in rows], "nlvr2", train=rows)
+    assert nlvr2.accuracy[OVERALL] == 1.0 and nlvr2.controls["prior"][OVERALL] == 0.5
+    assert nlvr2.controls["shuffled"][OVERALL] < 1.0
+    refexp_rows = [{**r, "region_features": [[r["target_index"]]]} for r in rows]
+    refexp = evaluate_task(ReadsTheRegion(6), FakeTaskCollator("target", offset=1), refexp_rows, "refexp")
+    assert refexp.accuracy[OVERALL] == 1.0 and refexp.controls["random box"][OVERALL] == 0.25
+    retrieval = evaluate_task(Matcher(), FakeTaskCollator("text"), rows, "retrieval", retrieval_gallery=5)
+    assert retrieval.accuracy["R@1"] == 1.0 and retrieval.controls["chance"]["R@1"] == pytest.approx(1 / 5)
+    assert retrieval.counts["R@1"] == 5 and retrieval.controls["shuffled"]["R@1"] == 0.0
+    with pytest.raises(ValueError, match="`task`"):
+        evaluate_task(Matcher(), FakeTaskCollator("text"), rows, "captions")
 
 
 # ----------------------------------------------------------------------------------- the guard on real training
