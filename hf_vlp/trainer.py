@@ -137,6 +137,26 @@ class VLPTrainer(Trainer):
             optimizer._vlp_guarded_step = True
         return optimizer
 
+    def push_to_hub(self, commit_message="End of training", blocking=True, token=None, revision=None, **card):
+        """The complete hf_vlp repo, as `hf-vlp push` uploads it: weights, config, the Trainer's processor
+        (`processing_class`), a model card naming hf_vlp and the architecture, and remote code
+        (`hf_vlp.hub.push_to_hub`), to `args.hub_model_id` (default: the output folder's name). transformers'
+        `Trainer.push_to_hub` would upload the output folder without card or remote code. Main process only;
+        returns the commit URL (None on other processes). `card` goes to the model card (base_model, datasets,
+        results)."""
+        from pathlib import Path
+
+        from .hub import push_to_hub
+
+        if not self.is_world_process_zero():
+            return None
+        if self.processing_class is None:
+            raise ValueError("push_to_hub needs the Trainer's `processing_class` (the model's processor) for a "
+                             "complete repo; pass processing_class=processor to the Trainer.")
+        repo_id = self.args.hub_model_id or Path(self.args.output_dir).name
+        model = self.accelerator.unwrap_model(self.model)
+        return push_to_hub(model, self.processing_class, repo_id, private=bool(self.args.hub_private_repo), **card)
+
     def log(self, logs, *args, **kwargs):
         if self._objective_sums and "loss" in logs:
             for name in sorted(self._objective_sums):

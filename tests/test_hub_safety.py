@@ -2,6 +2,7 @@
 bounded time) on a Hub that does not answer or dies mid-upload; the documented `hf_vlp.hub.push_to_hub` route and
 `HubPushCallback` upload the same files; the remote-code processor works where hf_vlp cannot be imported."""
 
+import json
 import os
 import socket
 import subprocess
@@ -201,6 +202,21 @@ def test_documented_route_and_callback_upload_what_hf_vlp_push_uploads(hub_endpo
         for name in set(by_cli) - {"README.md"}:  # the card names the repo id
             assert received[name] == by_cli[name], (repo, name)
         assert f'"{repo}"' in received["README.md"].decode() and "hf_vlp" in received["README.md"].decode()
+    # VLPTrainer.push_to_hub: the same repo from a Trainer run
+    from hf_vlp.recipes import training_arguments
+    from hf_vlp.trainer import VLPTrainer
+
+    arguments = training_arguments(tmp_path / "run", hub_model_id="tester/by-trainer", use_cpu=True)
+    trainer = VLPTrainer(model=model, args=arguments, processing_class=processor)
+    assert trainer.push_to_hub()
+    received = _received("tester/by-trainer")
+    assert set(received) == set(by_cli)
+    for name in set(by_cli) - {"README.md", "config.json"}:
+        assert received[name] == by_cli[name], name
+    # the Trainer sets `use_cache=False` on the model's config for training; the rest of the config is the same
+    trained_config, saved_config = json.loads(received["config.json"]), json.loads(by_cli["config.json"])
+    assert trained_config.pop("use_cache", False) is False and saved_config.pop("use_cache", False) in (True, False, None)
+    assert trained_config == saved_config
     # transformers' own model.push_to_hub is the plain upload (documented: use hf_vlp.hub.push_to_hub)
     model.push_to_hub("tester/by-transformers")
     assert "README.md" not in _received("tester/by-transformers") or "modeling_uniter.py" not in _received("tester/by-transformers")
