@@ -133,7 +133,7 @@ def load_original(path):
     else:
         keys = sorted(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise ConversionError(f"{path}: expected the original BLIP layout {{'model': state_dict, ...}}, got {keys}")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
     state = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in state.items()}
     return state, dict(run_config) if isinstance(run_config, dict) else {}
 
@@ -186,7 +186,11 @@ def config_from_original(state, run_config=None, med_config=None, image_size=Non
     )
     text_prefix = "text_encoder." if "text_encoder.embeddings.word_embeddings.weight" in state else "text_decoder.bert."
     words = state[f"{text_prefix}embeddings.word_embeddings.weight"]
-    layer_ids = {int(k.split(".")[3 if text_prefix == "text_encoder." else 4]) for k in state if k.startswith(f"{text_prefix}encoder.layer.")}
+    layer_ids = {
+        int(k.split(".")[3 if text_prefix == "text_encoder." else 4])
+        for k in state
+        if k.startswith(f"{text_prefix}encoder.layer.")
+    }
     text = dict(
         vocab_size=words.shape[0],
         hidden_size=words.shape[1],
@@ -198,7 +202,9 @@ def config_from_original(state, run_config=None, med_config=None, image_size=Non
     for name in ("layer_norm_eps", "hidden_dropout_prob", "attention_probs_dropout_prob", "hidden_act"):
         if name in med_config:
             text[name] = med_config[name]
-    embed_dim = state["vision_proj.weight"].shape[0] if "vision_proj.weight" in state else int(run_config.get("embed_dim", 256))
+    embed_dim = (
+        state["vision_proj.weight"].shape[0] if "vision_proj.weight" in state else int(run_config.get("embed_dim", 256))
+    )
     extra = {}
     if "image_queue" in state:
         extra["queue_size"] = state["image_queue"].shape[1]
@@ -207,7 +213,9 @@ def config_from_original(state, run_config=None, med_config=None, image_size=Non
     if "temp" in state:
         extra["itc_temperature"] = float(state["temp"])
     if task == "pretraining":
-        extra["use_momentum_distillation"] = "visual_encoder_m.cls_token" in state if momentum is None else bool(momentum)
+        extra["use_momentum_distillation"] = (
+            "visual_encoder_m.cls_token" in state if momentum is None else bool(momentum)
+        )
     elif task == "retrieval":
         extra["use_momentum_distillation"] = bool(momentum)
     return blip_config(image_size=vision["image_size"], embed_dim=embed_dim, vision=vision, text=text, **extra)
@@ -229,7 +237,9 @@ def _check_ties(model, mapped):
     """Weights the hf_vlp model ties (LM head, encoder/decoder sharing) must be equal in the checkpoint."""
     for target, source in model.all_tied_weights_keys.items():
         if target in mapped and source in mapped and not torch.equal(mapped[target], mapped[source]):
-            raise ConversionError(f"the checkpoint stores different values for {target} and {source}, which {type(model).__name__} ties")
+            raise ConversionError(
+                f"the checkpoint stores different values for {target} and {source}, which {type(model).__name__} ties"
+            )
 
 
 def _load_into(model_class, config, mapped):
@@ -242,7 +252,11 @@ def _load_into(model_class, config, mapped):
     allow_missing = ()
     if model_class is BlipForPreTraining or model_class is BlipForImageTextRetrieval:
         # BLIP_Pretrain has no idx_queue (nothing to match by image id): the fresh one says "no id" (-100)
-        allow_missing = (r"^idx_queue$",) if "image_queue" in mapped else (r"^(idx_queue|image_queue|text_queue|queue_ptr|temp)$", r"_m\.")
+        allow_missing = (
+            (r"^idx_queue$",)
+            if "image_queue" in mapped
+            else (r"^(idx_queue|image_queue|text_queue|queue_ptr|temp)$", r"_m\.")
+        )
     load_mapped_state(model, mapped, allow_missing=allow_missing)
     if getattr(model, "use_momentum_distillation", False) and "vision_model_m.embeddings.class_embedding" not in mapped:
         model.copy_params_to_momentum()
@@ -263,8 +277,12 @@ def convert(checkpoint, config=None, task=None, image_size=None, momentum=None, 
     task = task or detected
     if task not in TASKS:
         raise ValueError(f"`task` must be one of {sorted(TASKS)}, got {task!r}")
-    needed = {"pretraining": ("text_encoder.", "text_decoder.", "vision_proj."), "vqa": ("text_encoder.", "text_decoder."),
-              "captioning": ("text_decoder.",), "retrieval": ("text_encoder.", "itm_head.")}[task]
+    needed = {
+        "pretraining": ("text_encoder.", "text_decoder.", "vision_proj."),
+        "vqa": ("text_encoder.", "text_decoder."),
+        "captioning": ("text_decoder.",),
+        "retrieval": ("text_encoder.", "itm_head."),
+    }[task]
     missing = [p for p in needed if not any(k.startswith(p) for k in state)]
     if missing:
         raise ConversionError(f"a {detected} checkpoint cannot become a {task} model: it has no {missing} weights")
@@ -314,11 +332,17 @@ def _pretraining_outputs(model, inputs):
     pixels, ids, mask = inputs["pretrain.pixel_values"], inputs["pretrain.input_ids"], inputs["pretrain.attention_mask"]
     config = model.config
     image_embeds, text_embeds, image_feat, text_feat = model._itc_features(pixels, ids, mask)
-    out.update({
-        "pretrain.image_embeds": image_embeds, "pretrain.text_embeds": text_embeds,
-        "pretrain.image_feat": image_feat, "pretrain.text_feat": text_feat, "pretrain.temp": model.temp,
-        "pretrain.sim_i2t": image_feat @ text_feat.T / model.temp, "pretrain.sim_t2i": text_feat @ image_feat.T / model.temp,
-    })
+    out.update(
+        {
+            "pretrain.image_embeds": image_embeds,
+            "pretrain.text_embeds": text_embeds,
+            "pretrain.image_feat": image_feat,
+            "pretrain.text_feat": text_feat,
+            "pretrain.temp": model.temp,
+            "pretrain.sim_i2t": image_feat @ text_feat.T / model.temp,
+            "pretrain.sim_t2i": text_feat @ image_feat.T / model.temp,
+        }
+    )
     if model.use_momentum_distillation:
         image_embeds_m = model.vision_model_m(pixel_values=pixels).last_hidden_state
         out["pretrain.image_embeds_m"] = image_embeds_m
@@ -326,7 +350,9 @@ def _pretraining_outputs(model, inputs):
         text_m = model.text_encoder_m(input_ids=ids, attention_mask=mask).last_hidden_state
         out["pretrain.text_feat_m"] = F.normalize(model.text_proj_m(text_m[:, 0]), dim=-1)
     enc_ids = with_first_token(ids, pretraining_setting(config, "enc_token_id"))
-    fused = model.text_encoder(input_ids=enc_ids, attention_mask=mask, encoder_hidden_states=image_embeds).last_hidden_state
+    fused = model.text_encoder(
+        input_ids=enc_ids, attention_mask=mask, encoder_hidden_states=image_embeds
+    ).last_hidden_state
     out["pretrain.multimodal_embeds"] = fused
     out["pretrain.itm_logits"] = model.itm_head(fused[:, 0])
     negative = inputs["pretrain.itm_neg_image_index"]
@@ -334,7 +360,9 @@ def _pretraining_outputs(model, inputs):
     out["pretrain.itm_logits_neg"] = model.itm_head(fused_neg.last_hidden_state[:, 0])
     labels = inputs["pretrain.dec_labels"]
     dec_ids = with_first_token(ids, config.text_config.bos_token_id)
-    decoded = model.text_decoder(input_ids=dec_ids, attention_mask=mask, encoder_hidden_states=image_embeds, labels=labels)
+    decoded = model.text_decoder(
+        input_ids=dec_ids, attention_mask=mask, encoder_hidden_states=image_embeds, labels=labels
+    )
     out["pretrain.decoder_logits"], out["pretrain.decoder_loss"] = decoded.logits, decoded.loss
     out["pretrain.decoder_loss_per_sample"] = model.text_decoder(
         input_ids=dec_ids, attention_mask=mask, encoder_hidden_states=image_embeds, labels=labels, reduction="none"
@@ -349,7 +377,9 @@ def _pretraining_outputs(model, inputs):
         padding = PRETRAIN_MAX_LENGTH - ids.shape[1]
         padded_ids, padded_mask = F.pad(ids, (0, max(padding, 0))), F.pad(mask, (0, max(padding, 0)))
         torch.manual_seed(7)
-        result = trainee(pixels, padded_ids, padded_mask, alpha=float(pretraining_setting(config, "alpha")), update_momentum=True)
+        result = trainee(
+            pixels, padded_ids, padded_mask, alpha=float(pretraining_setting(config, "alpha")), update_momentum=True
+        )
         out["pretrain.forward.loss_ita"] = result.itc_loss
         out["pretrain.forward.loss_itm"] = result.itm_loss
         out["pretrain.forward.loss_lm"] = result.lm_loss
@@ -367,26 +397,44 @@ def _pretraining_outputs(model, inputs):
     captioner = derive(model, "captioning", image_size=caption_pixels.shape[-1])
     out["caption.pos_embed_after_load"] = captioner.vision_model.embeddings.position_embedding
     result = captioner(
-        pixel_values=caption_pixels, input_ids=inputs["caption.input_ids"],
-        attention_mask=inputs["caption.attention_mask"], labels=inputs["caption.labels"],
+        pixel_values=caption_pixels,
+        input_ids=inputs["caption.input_ids"],
+        attention_mask=inputs["caption.attention_mask"],
+        labels=inputs["caption.labels"],
     )
-    out["caption.image_embeds"], out["caption.decoder_logits"], out["caption.loss"] = result.image_embeds, result.logits, result.loss
+    out["caption.image_embeds"], out["caption.decoder_logits"], out["caption.loss"] = (
+        result.image_embeds,
+        result.logits,
+        result.loss,
+    )
     return out
 
 
 def _vqa_outputs(model, inputs):
     out = {}
-    pixels, question, question_mask = inputs["vqa.pixel_values"], inputs["vqa.question_ids"], inputs["vqa.question_mask"]
+    pixels, question, question_mask = (
+        inputs["vqa.pixel_values"],
+        inputs["vqa.question_ids"],
+        inputs["vqa.question_mask"],
+    )
     result = model(
-        input_ids=question, pixel_values=pixels, attention_mask=question_mask,
-        labels=inputs["vqa.answer_labels"], decoder_attention_mask=inputs["vqa.answer_mask"],
-        answer_question_index=inputs["vqa.answer_question_index"], answer_weights=inputs["vqa.weights"],
+        input_ids=question,
+        pixel_values=pixels,
+        attention_mask=question_mask,
+        labels=inputs["vqa.answer_labels"],
+        decoder_attention_mask=inputs["vqa.answer_mask"],
+        answer_question_index=inputs["vqa.answer_question_index"],
+        answer_weights=inputs["vqa.weights"],
     )
     out["vqa.image_embeds"], out["vqa.question_states"] = result.image_embeds, result.question_embeds
     out["vqa.answer_logits"], out["vqa.answer_loss_per_answer"] = result.logits, result.answer_losses
     out["vqa.train_loss"] = result.loss
     ranking = model.rank_answers(
-        question, pixels, inputs["vqa.candidate_ids"], inputs["vqa.candidate_mask"], attention_mask=question_mask,
+        question,
+        pixels,
+        inputs["vqa.candidate_ids"],
+        inputs["vqa.candidate_mask"],
+        attention_mask=question_mask,
         k=int(inputs["vqa.k_test"]),
     )
     out["vqa.rank_first_token_logits"], out["vqa.rank_max_ids"] = ranking.first_token_logits, ranking.answer_index

@@ -249,7 +249,9 @@ def load_torchscript_state(path) -> dict:
         if f"{prefix}byteorder" in names:
             order = archive.read(f"{prefix}byteorder").decode().strip()
             if order != sys.byteorder:
-                raise ConversionError(f"{path}: tensors are stored {order}-endian, this machine is {sys.byteorder}-endian")
+                raise ConversionError(
+                    f"{path}: tensors are stored {order}-endian, this machine is {sys.byteorder}-endian"
+                )
         classes = _script_classes(archive, prefix)
         with archive.open(pickles[0]) as handle:
             unpickler = _ArchiveUnpickler(handle, archive, prefix, path)
@@ -328,7 +330,9 @@ def load_mapped_state(model, mapped: dict, allow_missing=()):
     tied = set(getattr(model, "all_tied_weights_keys", None) or getattr(model, "_tied_weights_keys", None) or {})
     missing = [k for k in result.missing_keys if k not in tied and not any(re.search(p, k) for p in allow_missing)]
     if missing:
-        raise ConversionError(f"the checkpoint lacks {len(missing)} parameter(s) of {type(model).__name__}: {missing[:20]}")
+        raise ConversionError(
+            f"the checkpoint lacks {len(missing)} parameter(s) of {type(model).__name__}: {missing[:20]}"
+        )
     if result.unexpected_keys:
         raise ConversionError(
             f"mapped keys that {type(model).__name__} does not have (wrong architecture?): {result.unexpected_keys[:20]}"

@@ -64,7 +64,11 @@ _BLOCK = [
     ("post_ffn_layer_norm_bias", "output.LayerNorm.bias"),
 ]
 # co-attention block: text queries `multi_head_att_*` / visual queries `vl_multi_head_att_*`, then each stream's FFN
-_CO = [(prefix + paddle, f"{stream}_{ours}") for stream, prefix in (("text", ""), ("visual", "vl_")) for paddle, ours in _BLOCK]
+_CO = [
+    (prefix + paddle, f"{stream}_{ours}")
+    for stream, prefix in (("text", ""), ("visual", "vl_"))
+    for paddle, ours in _BLOCK
+]
 
 PARAM_TABLE = (
     [
@@ -168,7 +172,9 @@ def _find_params(checkpoint):
     """The `params/` folder and the config JSON next to it, from an extracted archive or the params folder."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
-        raise ConversionError(f"{checkpoint} is not a folder: ERNIE-ViL parameters are a folder with one file per variable")
+        raise ConversionError(
+            f"{checkpoint} is not a folder: ERNIE-ViL parameters are a folder with one file per variable"
+        )
     params = checkpoint / "params" if (checkpoint / "params").is_dir() else checkpoint
     configs = sorted(params.parent.glob("*.json")) if params != checkpoint else sorted(checkpoint.glob("*.json"))
     configs = [c for c in configs if "config" in c.name] or configs
@@ -216,16 +222,28 @@ def config_from_original(original: dict | None, params: dict, **overrides) -> Er
                 raise ConversionError(f"config {name}={original[name]} but {key} has shape {tuple(params[key].shape)}")
             kwargs[name] = size
     counts = {}
-    for name, pattern in (("text", r"^encoder_layer_(\d+)_"), ("visual", r"^encoder_vlayer_(\d+)_"), ("co", r"^encoder_colayer_(\d+)_")):
+    for name, pattern in (
+        ("text", r"^encoder_layer_(\d+)_"),
+        ("visual", r"^encoder_vlayer_(\d+)_"),
+        ("co", r"^encoder_colayer_(\d+)_"),
+    ):
         indices = {int(m.group(1)) for m in (re.match(pattern, n) for n in params) if m}
         counts[name] = 1 + max(indices, default=-1)
     if not original:  # no JSON: the released base (or large, by width) layout
         reference = ErnieVilConfig.large() if kwargs.get("hidden_size") == 1024 else ErnieVilConfig()
-        for name in ("num_attention_heads", "v_num_attention_heads", "co_num_attention_heads", "v_biattention_id", "t_biattention_id"):
+        for name in (
+            "num_attention_heads",
+            "v_num_attention_heads",
+            "co_num_attention_heads",
+            "v_biattention_id",
+            "t_biattention_id",
+        ):
             kwargs.setdefault(name, getattr(reference, name))
     t_ids = kwargs.get("t_biattention_id", ErnieVilConfig().t_biattention_id)
     v_ids = kwargs.get("v_biattention_id", ErnieVilConfig().v_biattention_id)
-    if counts["co"] and (len(t_ids) != counts["co"] or t_ids[-1] + 1 != counts["text"] or v_ids[-1] + 1 != counts["visual"]):
+    if counts["co"] and (
+        len(t_ids) != counts["co"] or t_ids[-1] + 1 != counts["text"] or v_ids[-1] + 1 != counts["visual"]
+    ):
         raise ConversionError(
             f"the parameters hold {counts['text']} text / {counts['visual']} visual layers and {counts['co']} co-attention "
             f"blocks, which t_biattention_id={t_ids}, v_biattention_id={v_ids} do not describe: pass the original config JSON"
@@ -256,7 +274,9 @@ def convert(checkpoint, config=None, head=None, task_prefix=None, ignore_unknown
     except ValueError as error:
         raise ConversionError(str(error)) from error
     if "word_embedding" not in params:
-        raise ConversionError(f"{params_dir} is not an ERNIE-ViL parameter folder: no 'word_embedding' (found {sorted(params)[:5]})")
+        raise ConversionError(
+            f"{params_dir} is not an ERNIE-ViL parameter folder: no 'word_embedding' (found {sorted(params)[:5]})"
+        )
     config = config or found_config
     original = None if config is None else (config if isinstance(config, dict) else read_json(config))
 
@@ -264,7 +284,11 @@ def convert(checkpoint, config=None, head=None, task_prefix=None, ignore_unknown
     if len(vcr_prefixes) > 1 or task_prefix is not None:
         if task_prefix not in vcr_prefixes:
             raise ConversionError(f"the file holds the VCR heads {vcr_prefixes}: choose one with task_prefix=")
-        params = {n: v for n, v in params.items() if not re.match(r"^vcr\w*_fc\.[wb]_0$", n) or n.startswith(task_prefix + "_fc.")}
+        params = {
+            n: v
+            for n, v in params.items()
+            if not re.match(r"^vcr\w*_fc\.[wb]_0$", n) or n.startswith(task_prefix + "_fc.")
+        }
 
     state, unknown = {}, []
     for name, array in params.items():
@@ -385,4 +409,12 @@ def fixture_outputs(model, fixture_dir):
     return outputs
 
 
-__all__ = ["KEY_MAP", "PARAM_TABLE", "config_from_original", "convert", "fixture_outputs", "save_paddle_params", "to_paddle_params"]
+__all__ = [
+    "KEY_MAP",
+    "PARAM_TABLE",
+    "config_from_original",
+    "convert",
+    "fixture_outputs",
+    "save_paddle_params",
+    "to_paddle_params",
+]

@@ -129,8 +129,10 @@ def config_from_params(params, overrides=None) -> SwitchTransformersConfig:
     kwargs.update(overrides or {})
     config = SwitchTransformersConfig(**kwargs)
     # transformers places sparse layers at i % step == 1 (or every layer when step == 1): the file must agree
-    for stack, found, step in (("encoder", encoder_sparse, config.encoder_sparse_step),
-                               ("decoder", decoder_sparse, config.decoder_sparse_step)):
+    for stack, found, step in (
+        ("encoder", encoder_sparse, config.encoder_sparse_step),
+        ("decoder", decoder_sparse, config.decoder_sparse_step),
+    ):
         layers = encoder_layers if stack == "encoder" else decoder_layers
         expected = [i for i in layers if (i % step == 1 or step == 1)] if found else []
         if found != expected:
@@ -166,7 +168,7 @@ def map_params(params: dict) -> dict:
             mapped[f"{parts[0]}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = tensor.T.contiguous()
         elif key in ("encoder/encoder_norm/scale", "decoder/decoder_norm/scale"):
             mapped[f"{parts[0]}.final_layer_norm.weight"] = tensor
-        elif (m := re.fullmatch(r"(encoder|decoder)/layers_(\d+)/(\w+)/(.+)", key)):
+        elif m := re.fullmatch(r"(encoder|decoder)/layers_(\d+)/(\w+)/(.+)", key):
             stack, layer, part, rest = m.groups()
             table = ENCODER_PARTS if stack == "encoder" else DECODER_PARTS
             if part not in table:
@@ -192,7 +194,9 @@ def map_params(params: dict) -> dict:
         else:
             unknown.append(key)
     if unknown:
-        raise ConversionError(f"{len(unknown)} T5X parameter(s) are neither mapped nor deliberately dropped: {unknown[:20]}")
+        raise ConversionError(
+            f"{len(unknown)} T5X parameter(s) are neither mapped nor deliberately dropped: {unknown[:20]}"
+        )
     return mapped
 
 
@@ -204,7 +208,9 @@ def convert(checkpoint, config=None, **options):
     params = read_flat_params(checkpoint)
     overrides = config if isinstance(config, dict) or config is None else read_json(config)
     if overrides:
-        overrides = {k: v for k, v in overrides.items() if k not in ("architectures", "model_type", "transformers_version")}
+        overrides = {
+            k: v for k, v in overrides.items() if k not in ("architectures", "model_type", "transformers_version")
+        }
     hf_config = config_from_params(params, overrides)
     mapped = map_params(params)
     model = SwitchTransformersForConditionalGeneration(hf_config)
@@ -240,13 +246,13 @@ def to_t5x(model) -> dict:
         base = f"{stack}/layers_{layer}"
         if rest == "layer_norm.weight":
             params[f"{base}/{norm}/scale"] = tensor
-        elif (a := re.fullmatch(r"(SelfAttention|EncDecAttention)\.(q|k|v|o)\.weight", rest)):
+        elif a := re.fullmatch(r"(SelfAttention|EncDecAttention)\.(q|k|v|o)\.weight", rest):
             params[f"{base}/{block}/{reverse[stack][a.group(2)]}/kernel"] = tensor.T
-        elif (d := re.fullmatch(r"mlp\.(wi|wo)\.weight", rest)):
+        elif d := re.fullmatch(r"mlp\.(wi|wo)\.weight", rest):
             params[f"{base}/mlp/{d.group(1)}/kernel"] = tensor.T
-        elif (e := re.fullmatch(r"mlp\.experts\.expert_(\d+)\.(wi|wo)\.weight", rest)):
+        elif e := re.fullmatch(r"mlp\.experts\.expert_(\d+)\.(wi|wo)\.weight", rest):
             experts.setdefault(f"{base}/mlp/expert/{e.group(2)}/kernel", {})[int(e.group(1))] = tensor.T
-        elif (r := re.fullmatch(r"mlp\.router\.classifier\.(weight|bias)", rest)):
+        elif r := re.fullmatch(r"mlp\.router\.classifier\.(weight|bias)", rest):
             params[f"{base}/mlp/router/router_weights/w/{'kernel' if r.group(1) == 'weight' else 'bias'}"] = (
                 tensor.T if r.group(1) == "weight" else tensor
             )
@@ -262,4 +268,7 @@ def fixture_outputs(model, fixture_dir):
     from safetensors import safe_open
 
     with safe_open(Path(fixture_dir) / "outputs.safetensors", "pt") as reference:
-        return {name: Skipped("no Switch Transformers output is recomputed: no T5X fixture layout is defined") for name in reference.keys()}
+        return {
+            name: Skipped("no Switch Transformers output is recomputed: no T5X fixture layout is defined")
+            for name in reference.keys()
+        }

@@ -78,10 +78,17 @@ def _run_directory_files(checkpoint: Path):
     config = checkpoint / "log" / "model.json"
     hps = checkpoint / "log" / "hps.json"
     answers = checkpoint / "ckpt" / "ans2label.json"
-    return steps[-1], config if config.exists() else None, hps if hps.exists() else None, answers if answers.exists() else None
+    return (
+        steps[-1],
+        config if config.exists() else None,
+        hps if hps.exists() else None,
+        answers if answers.exists() else None,
+    )
 
 
-def config_from_original(original: dict, state: dict, hps: dict | None = None, answers: dict | None = None) -> UniterConfig:
+def config_from_original(
+    original: dict, state: dict, hps: dict | None = None, answers: dict | None = None
+) -> UniterConfig:
     """UniterConfig from an original config JSON, completed by the tensor shapes (sizes the code hard-codes)."""
     known = (
         "vocab_size hidden_size num_hidden_layers num_attention_heads intermediate_size hidden_act "
@@ -92,9 +99,7 @@ def config_from_original(original: dict, state: dict, hps: dict | None = None, a
     kwargs["hidden_size"] = state["uniter.embeddings.word_embeddings.weight"].shape[1]
     kwargs["max_position_embeddings"] = state["uniter.embeddings.position_embeddings.weight"].shape[0]
     kwargs["type_vocab_size"] = state["uniter.embeddings.token_type_embeddings.weight"].shape[0]
-    kwargs["num_hidden_layers"] = 1 + max(
-        int(k.split(".")[3]) for k in state if k.startswith("uniter.encoder.layer.")
-    )
+    kwargs["num_hidden_layers"] = 1 + max(int(k.split(".")[3]) for k in state if k.startswith("uniter.encoder.layer."))
     kwargs["intermediate_size"] = state["uniter.encoder.layer.0.intermediate.dense.weight"].shape[0]
     if "uniter.img_embeddings.img_linear.weight" in state:
         kwargs["visual_feat_dim"] = state["uniter.img_embeddings.img_linear.weight"].shape[1]
@@ -112,7 +117,9 @@ def config_from_original(original: dict, state: dict, hps: dict | None = None, a
         else:
             kwargs["nlvr2_head"] = "triplet"
         if hps and hps.get("model") and hps["model"] != kwargs["nlvr2_head"]:
-            raise ConversionError(f"hps.json says model={hps['model']!r} but the keys are those of {kwargs['nlvr2_head']!r}")
+            raise ConversionError(
+                f"hps.json says model={hps['model']!r} but the keys are those of {kwargs['nlvr2_head']!r}"
+            )
     if "re_output.0.weight" in state:
         kwargs["referring_head_layers"] = 2
     if "num_attention_heads" not in kwargs:

@@ -143,7 +143,9 @@ def _load_state(path) -> dict:
         return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
-def config_from_original(original: dict | None, state: dict, visual_target=None, task_specific_tokens=None) -> VilbertConfig:
+def config_from_original(
+    original: dict | None, state: dict, visual_target=None, task_specific_tokens=None
+) -> VilbertConfig:
     """VilbertConfig from an original JSON (None = the released base) completed and checked by the tensor shapes."""
     original = dict(original or {})
     for key, (bad, why) in UNSUPPORTED_CONFIG.items():
@@ -162,7 +164,9 @@ def config_from_original(original: dict | None, state: dict, visual_target=None,
             "model) but the config asks for a model without them (task_specific_tokens=False)"
         )
     if wanted and not has_task_tokens:
-        raise ConversionError("task_specific_tokens=True but the checkpoint has no bert.embeddings.task_embeddings.weight")
+        raise ConversionError(
+            "task_specific_tokens=True but the checkpoint has no bert.embeddings.task_embeddings.weight"
+        )
     kwargs["task_specific_tokens"] = has_task_tokens
     if has_task_tokens:
         kwargs["num_task_tokens"] = state["bert.embeddings.task_embeddings.weight"].shape[0]
@@ -211,7 +215,11 @@ def config_from_original(original: dict | None, state: dict, visual_target=None,
                     "(head counts and the connection schedule are not stored in the checkpoint)"
                 )
 
-    region_size = state["cls.imagePredictions.decoder.weight"].shape[0] if "cls.imagePredictions.decoder.weight" in state else None
+    region_size = (
+        state["cls.imagePredictions.decoder.weight"].shape[0]
+        if "cls.imagePredictions.decoder.weight" in state
+        else None
+    )
     if region_size is not None and region_size != kwargs.get("v_target_size", defaults.v_target_size):
         if region_size != kwargs.get("v_feature_size", defaults.v_feature_size):
             raise ConversionError(f"region head width {region_size} is neither v_target_size nor v_feature_size")
@@ -237,7 +245,9 @@ def _flag(value):
     return value
 
 
-def convert(checkpoint, config=None, head=None, visual_target=None, task_specific_tokens=None, drop_task_heads=False, **options):
+def convert(
+    checkpoint, config=None, head=None, visual_target=None, task_specific_tokens=None, drop_task_heads=False, **options
+):
     """Original ViLBERT checkpoint -> hf_vlp model (see the module docstring for the accepted files and options)."""
     task_specific_tokens, drop_task_heads = _flag(task_specific_tokens), _flag(drop_task_heads)
     check_options(convert, options)
@@ -383,4 +393,12 @@ def fixture_checkpoints(fixture_dir):
     return [(path, configs[0]) for path in sorted(fixture_dir.glob("*.bin"))]
 
 
-__all__ = ["KEY_MAP", "VERIFY_ATOL", "VERIFY_RTOL", "config_from_original", "convert", "fixture_checkpoints", "fixture_outputs"]
+__all__ = [
+    "KEY_MAP",
+    "VERIFY_ATOL",
+    "VERIFY_RTOL",
+    "config_from_original",
+    "convert",
+    "fixture_checkpoints",
+    "fixture_outputs",
+]

@@ -32,6 +32,7 @@ from transformers import AutoProcessor, BlipImageProcessorPil, BlipProcessor, Hf
 
 import hf_vlp  # noqa: F401  (registers the architectures)
 from hf_vlp.data import SHAPES_VQA_ANSWERS, shapes_dataset
+from hf_vlp.evaluation import classification_controls, format_controls, ranking_controls
 from hf_vlp.modeling.blip import (
     LORA_TARGET_MODULES,
     BlipForConditionalGeneration,
@@ -40,7 +41,6 @@ from hf_vlp.modeling.blip import (
     blip_config,
     build_blip_processor,
 )
-from hf_vlp.evaluation import classification_controls, format_controls, ranking_controls
 from hf_vlp.recipes import shapes_tokenizer
 from hf_vlp.trainer import VLPTrainer
 
@@ -84,17 +84,27 @@ def load(model_class, args):
         return model, AutoProcessor.from_pretrained(args.model_name_or_path)
     processor = shapes_processor(args.image_size)
     tokenizer = processor.tokenizer
-    width = dict(hidden_size=args.hidden_size, num_hidden_layers=args.num_layers,
-                 num_attention_heads=args.num_attention_heads, intermediate_size=2 * args.hidden_size,
-                 initializer_range=args.initializer_range)
+    width = dict(
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.num_layers,
+        num_attention_heads=args.num_attention_heads,
+        intermediate_size=2 * args.hidden_size,
+        initializer_range=args.initializer_range,
+    )
     config = blip_config(
         image_size=args.image_size,
         embed_dim=64,
         initializer_range=args.initializer_range,
         vision=dict(width, patch_size=args.patch_size),
-        text=dict(width, vocab_size=len(tokenizer), max_position_embeddings=64, bos_token_id=tokenizer.bos_token_id,
-                  pad_token_id=tokenizer.pad_token_id, sep_token_id=tokenizer.sep_token_id,
-                  eos_token_id=tokenizer.sep_token_id),
+        text=dict(
+            width,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=64,
+            bos_token_id=tokenizer.bos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            sep_token_id=tokenizer.sep_token_id,
+            eos_token_id=tokenizer.sep_token_id,
+        ),
         enc_token_id=tokenizer.convert_tokens_to_ids("[ENC]"),
         use_momentum_distillation=args.momentum,
         queue_size=args.queue_size,
@@ -107,8 +117,9 @@ def with_lora(model, args):
         return model
     import peft
 
-    model = peft.get_peft_model(model, peft.LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r,
-                                                       target_modules=LORA_TARGET_MODULES))
+    model = peft.get_peft_model(
+        model, peft.LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules=LORA_TARGET_MODULES)
+    )
     model.print_trainable_parameters()
     return model
 
@@ -147,9 +158,15 @@ def run_vqa(args, training_args):
     def collate(rows):
         question = texts(processor, [row["question"] for row in rows])
         answer = texts(processor, [row["answer"] for row in rows])
-        labels = answer["input_ids"].masked_fill(answer["attention_mask"] == 0, -100)  # first token -> [DEC] in the model
-        return dict(input_ids=question["input_ids"], attention_mask=question["attention_mask"],
-                    pixel_values=images(rows, processor), labels=labels)
+        labels = answer["input_ids"].masked_fill(
+            answer["attention_mask"] == 0, -100
+        )  # first token -> [DEC] in the model
+        return dict(
+            input_ids=question["input_ids"],
+            attention_mask=question["attention_mask"],
+            pixel_values=images(rows, processor),
+            labels=labels,
+        )
 
     model = train(model, args, training_args, train_rows, collate)
     candidates = texts(processor, list(SHAPES_VQA_ANSWERS))
@@ -158,17 +175,25 @@ def run_vqa(args, training_args):
         answers = []
         with torch.no_grad():
             for start in range(0, len(rows), 32):
-                chunk = rows[start:start + 32]
+                chunk = rows[start : start + 32]
                 question = texts(processor, [row["question"] for row in chunk])
-                ranking = model.rank_answers(question["input_ids"], images(chunk, processor), candidates["input_ids"],
-                                             candidates["attention_mask"], attention_mask=question["attention_mask"],
-                                             k=8)
+                ranking = model.rank_answers(
+                    question["input_ids"],
+                    images(chunk, processor),
+                    candidates["input_ids"],
+                    candidates["attention_mask"],
+                    attention_mask=question["attention_mask"],
+                    k=8,
+                )
                 answers += [SHAPES_VQA_ANSWERS[i] for i in ranking.answer_index.tolist()]
         return answers
 
     report = classification_controls(predict, train_rows, test_rows, task="blip_vqa")
-    print_report("BLIP VQA, held-out accuracy by question type", report,
-                 "prior = most frequent training answer of the type; shuffled = same model, another scene's image")
+    print_report(
+        "BLIP VQA, held-out accuracy by question type",
+        report,
+        "prior = most frequent training answer of the type; shuffled = same model, another scene's image",
+    )
     return model, processor, report
 
 
@@ -185,9 +210,13 @@ def run_retrieval(args, training_args):
 
     def collate(rows):
         text = texts(processor, [row["text"] for row in rows])
-        return dict(input_ids=text["input_ids"], attention_mask=text["attention_mask"],
-                    pixel_values=images(rows, processor), return_loss=True,
-                    image_ids=torch.tensor([image_index[row["image_id"]] for row in rows]))
+        return dict(
+            input_ids=text["input_ids"],
+            attention_mask=text["attention_mask"],
+            pixel_values=images(rows, processor),
+            return_loss=True,
+            image_ids=torch.tensor([image_index[row["image_id"]] for row in rows]),
+        )
 
     model = train(model, args, training_args, train_rows, collate)
 
@@ -197,8 +226,11 @@ def run_retrieval(args, training_args):
             return model.retrieve(images(rows, processor), text["input_ids"], text["attention_mask"], k=16).scores_t2i
 
     report = ranking_controls(score, test_rows, task="blip_retrieval")
-    print_report(f"BLIP text->image retrieval over {len(test_rows)} held-out scenes", report,
-                 "chance = K / N; shuffled = same model, the gallery's images shuffled (the true image is gone)")
+    print_report(
+        f"BLIP text->image retrieval over {len(test_rows)} held-out scenes",
+        report,
+        "chance = K / N; shuffled = same model, the gallery's images shuffled (the true image is gone)",
+    )
     return model, processor, report
 
 
@@ -209,8 +241,9 @@ def run_retrieval(args, training_args):
 
 def run_captioning(args, training_args):
     train_rows = shapes_dataset("captions", num_images=args.num_images, split="train", with_region_features=False)
-    test_rows = shapes_dataset("captions", num_images=args.eval_images, split="test", with_region_features=False,
-                               samples_per_image=1)
+    test_rows = shapes_dataset(
+        "captions", num_images=args.eval_images, split="test", with_region_features=False, samples_per_image=1
+    )
     model, processor = load(BlipForConditionalGeneration, args)
     prompt_length = len(processor.tokenizer(PROMPT.strip())["input_ids"]) - 1  # [CLS] + prompt words
 
@@ -218,15 +251,20 @@ def run_captioning(args, training_args):
         text = texts(processor, [PROMPT + row["text"] for row in rows])
         labels = text["input_ids"].masked_fill(text["attention_mask"] == 0, -100)
         labels[:, :prompt_length] = -100  # BLIP_Decoder: no loss on the prompt
-        return dict(input_ids=text["input_ids"], attention_mask=text["attention_mask"],
-                    pixel_values=images(rows, processor), labels=labels)
+        return dict(
+            input_ids=text["input_ids"],
+            attention_mask=text["attention_mask"],
+            pixel_values=images(rows, processor),
+            labels=labels,
+        )
 
     model = train(model, args, training_args, train_rows, collate)
     rows = [test_rows[i] for i in range(len(test_rows))]
     prompt = texts(processor, [PROMPT.strip()] * len(rows))
     with torch.no_grad():
-        generated = model.generate(pixel_values=images(rows, processor), input_ids=prompt["input_ids"],
-                                   max_new_tokens=32)
+        generated = model.generate(
+            pixel_values=images(rows, processor), input_ids=prompt["input_ids"], max_new_tokens=32
+        )
     captions = processor.tokenizer.batch_decode(generated, skip_special_tokens=True)
     precision = []
     for caption, row in zip(captions, rows):

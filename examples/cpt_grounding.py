@@ -62,19 +62,39 @@ def with_tags(row):
 def pretrain(args, tokenizer, output_dir):
     captions = shapes_dataset("captions", num_images=args.pretrain_images, split="train").map(with_tags)
     feature_dim = len(captions[0]["region_features"][0])
-    config = OscarConfig(vocab_size=len(tokenizer), hidden_size=args.hidden_size, num_hidden_layers=args.layers,
-                         num_attention_heads=4, intermediate_size=2 * args.hidden_size, max_position_embeddings=128,
-                         visual_feat_dim=feature_dim, use_img_layer_norm=True, pad_token_id=tokenizer.pad_token_id,
-                         initializer_range=0.08,  # width-matched (~1/sqrt(128)), as the spec's small sizes
-                         bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-                         mask_token_id=tokenizer.mask_token_id)
+    config = OscarConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.layers,
+        num_attention_heads=4,
+        intermediate_size=2 * args.hidden_size,
+        max_position_embeddings=128,
+        visual_feat_dim=feature_dim,
+        use_img_layer_norm=True,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.08,  # width-matched (~1/sqrt(128)), as the spec's small sizes
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        mask_token_id=tokenizer.mask_token_id,
+    )
     model = OscarForPreTraining(config)
-    collator = DataCollatorForVLPretraining(RegionTextProcessor(RegionFeatureProcessor(), tokenizer), objectives=("mlm",),
-                                            seed=args.seed)
+    collator = DataCollatorForVLPretraining(
+        RegionTextProcessor(RegionFeatureProcessor(), tokenizer), objectives=("mlm",), seed=args.seed
+    )
     training_args = TrainingArguments(
-        output_dir=str(output_dir), num_train_epochs=args.pretrain_epochs, per_device_train_batch_size=64,
-        learning_rate=5e-4, warmup_steps=0.05, weight_decay=0.01, logging_steps=50, save_strategy="no",
-        report_to=[], remove_unused_columns=False, seed=args.seed, bf16=args.bf16, use_cpu=not torch.cuda.is_available(),
+        output_dir=str(output_dir),
+        num_train_epochs=args.pretrain_epochs,
+        per_device_train_batch_size=64,
+        learning_rate=5e-4,
+        warmup_steps=0.05,
+        weight_decay=0.01,
+        logging_steps=50,
+        save_strategy="no",
+        report_to=[],
+        remove_unused_columns=False,
+        seed=args.seed,
+        bf16=args.bf16,
+        use_cpu=not torch.cuda.is_available(),
     )
     VLPTrainer(model=model, args=training_args, train_dataset=captions, data_collator=collator).train()
     model.save_pretrained(output_dir)
@@ -85,15 +105,27 @@ def pretrain(args, tokenizer, output_dir):
 def expressions(split, num_images, seed):
     """Referring expressions with their candidates: every shape of the scene (gold boxes, x2/y2 exclusive)."""
     data = shapes_dataset("refexp", num_images=num_images, split=split, seed=seed, with_region_features=False)
-    return [dict(image=row["image"], boxes=row["boxes"], box_format="xyxy", text=row["text"],
-                 labels=[SHAPES_CLASSES[label] for label in row["region_labels"]], target_index=row["target_index"])
-            for row in data]
+    return [
+        dict(
+            image=row["image"],
+            boxes=row["boxes"],
+            box_format="xyxy",
+            text=row["text"],
+            labels=[SHAPES_CLASSES[label] for label in row["region_labels"]],
+            target_index=row["target_index"],
+        )
+        for row in data
+    ]
 
 
 def prepare(processor, examples, extractor):
     """Paint, extract region features and tokenize once per expression; every model and method reuses them."""
-    return [cpt.grounding_inputs(processor, e["image"], e["boxes"], e["text"], extractor, labels=e["labels"],
-                                 box_format=e["box_format"]) for e in examples]
+    return [
+        cpt.grounding_inputs(
+            processor, e["image"], e["boxes"], e["text"], extractor, labels=e["labels"], box_format=e["box_format"]
+        )
+        for e in examples
+    ]
 
 
 @torch.no_grad()
@@ -156,8 +188,12 @@ def main(argv=None):
     train = expressions("train", args.prior_images, args.seed + 1)
     zero_shot = controls(model, processor, train, evaluation, prepared, "zero_shot", "cpt zero-shot")
     chance = zero_shot.controls["random box"][OVERALL]
-    results = {"expressions": len(evaluation), "random_choice": chance,
-               "position_prior": zero_shot.controls["prior"][OVERALL], "zero_shot": zero_shot.accuracy[OVERALL]}
+    results = {
+        "expressions": len(evaluation),
+        "random_choice": chance,
+        "position_prior": zero_shot.controls["prior"][OVERALL],
+        "zero_shot": zero_shot.accuracy[OVERALL],
+    }
     print(f"zero-shot CPT ({len(evaluation)} expressions), next to its controls:\n{zero_shot.format()}", flush=True)
 
     # few-shot: every seed draws its own 16 training expressions and tunes a fresh copy of the pretrained model
@@ -168,20 +204,29 @@ def main(argv=None):
     for seed in [int(s) for s in args.few_shot_seeds.split(",") if s.strip()]:
         model = OscarForPreTraining.from_pretrained(pretrained)
         shots = [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))[: args.shots]]
-        few_shot_args = cpt.few_shot_training_arguments(str(output_dir / "few-shot"), learning_rate=args.few_shot_lr,
-                                                        num_train_epochs=args.few_shot_epochs, seed=seed,
-                                                        per_device_train_batch_size=args.few_shot_batch_size)
+        few_shot_args = cpt.few_shot_training_arguments(
+            str(output_dir / "few-shot"),
+            learning_rate=args.few_shot_lr,
+            num_train_epochs=args.few_shot_epochs,
+            seed=seed,
+            per_device_train_batch_size=args.few_shot_batch_size,
+        )
         cpt.tune(model, processor, shots, extractor, training_args=few_shot_args, seed=seed)
         ratio = controls(model, processor, train, evaluation, prepared, "ratio", f"cpt {len(shots)}-shot ratio")
         color_logit = controls(model, processor, train, evaluation, prepared, "zero_shot", "red logit")
         results["few_shot_ratio"].append(ratio.accuracy[OVERALL])
         results["few_shot_color_logit"].append(color_logit.accuracy[OVERALL])
-        print(f"{len(shots)}-shot CPT (seed {seed}): logit ratio red/none, then red logit, next to the controls:\n"
-              f"{ratio.format()}\n{color_logit.format()}", flush=True)
+        print(
+            f"{len(shots)}-shot CPT (seed {seed}): logit ratio red/none, then red logit, next to the controls:\n"
+            f"{ratio.format()}\n{color_logit.format()}",
+            flush=True,
+        )
     for name in ("few_shot_ratio", "few_shot_color_logit"):
         values = results[name] or [float("nan")]
-        print(f"{name}: mean {np.mean(values):.3f} +- {np.std(values):.3f} over {len(values)} draws of "
-              f"{args.shots} expressions")
+        print(
+            f"{name}: mean {np.mean(values):.3f} +- {np.std(values):.3f} over {len(values)} draws of "
+            f"{args.shots} expressions"
+        )
     results["seconds"] = round(time.time() - started)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))

@@ -20,8 +20,16 @@ def main(argv=None):
     parser = HfArgumentParser((FinetuneArguments, TrainingArguments))
     # this example's defaults, each still a flag: lr 5e-4 (1e-3 is unstable for the small models, the Trainer's 5e-5
     # too slow from scratch), batch 32, a budget of minutes on a CPU
-    parser.set_defaults(learning_rate=5e-4, per_device_train_batch_size=32, max_steps=600, warmup_steps=60,
-                        weight_decay=0.01, logging_steps=100, save_strategy="no", report_to="none")
+    parser.set_defaults(
+        learning_rate=5e-4,
+        per_device_train_batch_size=32,
+        max_steps=600,
+        warmup_steps=60,
+        weight_decay=0.01,
+        logging_steps=100,
+        save_strategy="no",
+        report_to="none",
+    )
     args, training_args = parser.parse_args_into_dataclasses(argv)
     return run_finetuning(args, training_args)
 

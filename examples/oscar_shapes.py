@@ -22,6 +22,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from transformers import AutoProcessor, HfArgumentParser, TrainingArguments
+
+import hf_vlp  # noqa: F401  (registers the architectures)
+from hf_vlp.data import SHAPES_CLASSES, SHAPES_VQA_ANSWERS, shapes_dataset
+from hf_vlp.evaluation import OVERALL, classification_controls, classifier_predict
 from hf_vlp.modeling.oscar import (
     LORA_TARGET_MODULES,
     OscarConfig,
@@ -29,12 +34,7 @@ from hf_vlp.modeling.oscar import (
     OscarForVisualQuestionAnswering,
     OscarProcessor,
 )
-from transformers import AutoProcessor, HfArgumentParser, TrainingArguments
-
-import hf_vlp  # noqa: F401  (registers the architectures)
-from hf_vlp.data import SHAPES_CLASSES, SHAPES_VQA_ANSWERS, shapes_dataset
 from hf_vlp.processing.region import RegionFeatureProcessor
-from hf_vlp.evaluation import OVERALL, classification_controls, classifier_predict
 from hf_vlp.recipes import shapes_tokenizer
 from hf_vlp.trainer import VLPTrainer
 
@@ -140,13 +140,16 @@ def run_vqa(args, training_args):
     collator = VQACollator(processor)
     trainer = VLPTrainer(model=model, args=training_args, train_dataset=train, data_collator=collator)
     trainer.train()
-    report = classification_controls(classifier_predict(trainer.model, collator, SHAPES_VQA_ANSWERS), train, test,
-                                     task="oscar vqa")
+    report = classification_controls(
+        classifier_predict(trainer.model, collator, SHAPES_VQA_ANSWERS), train, test, task="oscar vqa"
+    )
     trainer.save_model(training_args.output_dir)
     processor.save_pretrained(training_args.output_dir)
-    return (f"held-out VQA accuracy {report.accuracy[OVERALL]:.3f} by question type (prior = the most frequent "
-            f"training answer of the type, shuffled = the same model with another image's regions and tags):\n"
-            + report.format())
+    return (
+        f"held-out VQA accuracy {report.accuracy[OVERALL]:.3f} by question type (prior = the most frequent "
+        f"training answer of the type, shuffled = the same model with another image's regions and tags):\n"
+        + report.format()
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -240,8 +243,14 @@ def run_captioning(args, training_args):
 def main(argv=None):
     parser = HfArgumentParser((OscarShapesArguments, TrainingArguments))
     # lr 5e-4 (1e-3 is unstable for the small models, the Trainer's 5e-5 too slow from scratch); every one a flag
-    parser.set_defaults(learning_rate=5e-4, per_device_train_batch_size=32, warmup_steps=100, weight_decay=0.01,
-                        save_strategy="no", report_to="none")
+    parser.set_defaults(
+        learning_rate=5e-4,
+        per_device_train_batch_size=32,
+        warmup_steps=100,
+        weight_decay=0.01,
+        save_strategy="no",
+        report_to="none",
+    )
     args, training_args = parser.parse_args_into_dataclasses(argv)
     training_args.remove_unused_columns = False  # the collators read the raw columns
     tasks = ["vqa", "captioning"] if args.task == "both" else [args.task]

@@ -42,8 +42,16 @@ ARCHS = {
 
 # TrainingArguments defaults of this example (each still a flag): lr 5e-4, not 1e-3 (unstable for the small models)
 # nor the Trainer's 5e-5 (too slow from scratch)
-TRAINING_DEFAULTS = dict(learning_rate=5e-4, per_device_train_batch_size=32, max_steps=600, warmup_steps=60,
-                         weight_decay=0.01, logging_steps=100, save_strategy="no", report_to="none")
+TRAINING_DEFAULTS = dict(
+    learning_rate=5e-4,
+    per_device_train_batch_size=32,
+    max_steps=600,
+    warmup_steps=60,
+    weight_decay=0.01,
+    logging_steps=100,
+    save_strategy="no",
+    report_to="none",
+)
 
 
 @dataclass
@@ -75,8 +83,15 @@ def small_config(arch, tokenizer, feature_dim, args):
             layers = max(args.num_layers - 1, 1)
             sizes.update(l_layers=args.num_layers, x_layers=layers, r_layers=layers)
     answers = {get_spec(arch).head("vqa").num_labels_field: len(SHAPES_VQA_ANSWERS)}
-    return build_config(arch, tokenizer, feature_dim, sizes, id2label=dict(enumerate(SHAPES_VQA_ANSWERS)),
-                        pad_token_id=tokenizer.pad_token_id, **answers)
+    return build_config(
+        arch,
+        tokenizer,
+        feature_dim,
+        sizes,
+        id2label=dict(enumerate(SHAPES_VQA_ANSWERS)),
+        pad_token_id=tokenizer.pad_token_id,
+        **answers,
+    )
 
 
 def build(arch, args, feature_dim):
@@ -133,8 +148,9 @@ def run(arch, args, training_args, train, test):
     collator = VQACollator(arch, processor)
     trainer = VLPTrainer(model=model, args=training_args, train_dataset=train, data_collator=collator)
     trainer.train()
-    report = classification_controls(classifier_predict(trainer.model, collator, SHAPES_VQA_ANSWERS), train, test,
-                                     task=f"{arch} vqa")
+    report = classification_controls(
+        classifier_predict(trainer.model, collator, SHAPES_VQA_ANSWERS), train, test, task=f"{arch} vqa"
+    )
     trainer.save_model(training_args.output_dir)
     processor.save_pretrained(training_args.output_dir)
     return report
@@ -159,8 +175,10 @@ def main(argv=None):
             training_args.output_dir = f"{output_dir}/{arch}"
         reports[arch] = run(arch, args, training_args, train, test)
     for arch, report in reports.items():
-        print(f"{arch}: held-out VQA accuracy {report.accuracy[OVERALL]:.3f} by question type; prior = the most "
-              "frequent training answer of the type, shuffled = the same model with another image's regions")
+        print(
+            f"{arch}: held-out VQA accuracy {report.accuracy[OVERALL]:.3f} by question type; prior = the most "
+            "frequent training answer of the type, shuffled = the same model with another image's regions"
+        )
         print(report.format())
     return reports
 

@@ -24,8 +24,8 @@ from transformers import AutoTokenizer, DataCollatorForSeq2Seq, HfArgumentParser
 
 import hf_vlp  # noqa: F401  (registers the architectures)
 from hf_vlp.data import shapes_dataset
-from hf_vlp.modeling.switch_transformers import LORA_TARGET_MODULES, SwitchTransformersForConditionalGeneration
 from hf_vlp.evaluation import classification_controls, format_controls
+from hf_vlp.modeling.switch_transformers import LORA_TARGET_MODULES, SwitchTransformersForConditionalGeneration
 from hf_vlp.recipes import shapes_tokenizer
 from hf_vlp.trainer import VLPTrainer
 
@@ -47,8 +47,9 @@ class SwitchArguments:
 
 def scene_descriptions(num_images, split):
     """image_id -> a caption that lists every shape of the scene (the shapes world's first caption)."""
-    captions = shapes_dataset("captions", num_images=num_images, split=split, samples_per_image=1,
-                              with_region_features=False)
+    captions = shapes_dataset(
+        "captions", num_images=num_images, split=split, samples_per_image=1, with_region_features=False
+    )
     return dict(zip(captions["image_id"], captions["text"]))
 
 
@@ -57,8 +58,10 @@ def question_rows(num_images, split):
     data = shapes_dataset("vqa", num_images=num_images, split=split, with_region_features=False)
     context = scene_descriptions(num_images, split)
     columns = ("image_id", "question", "question_type", "answer")
-    return [dict({name: data[i][name] for name in columns}, image_description=context[data[i]["image_id"]])
-            for i in range(len(data))]
+    return [
+        dict({name: data[i][name] for name in columns}, image_description=context[data[i]["image_id"]])
+        for i in range(len(data))
+    ]
 
 
 def source_text(row):
@@ -67,18 +70,29 @@ def source_text(row):
 
 def load(args):
     if args.model_name_or_path:
-        return (SwitchTransformersForConditionalGeneration.from_pretrained(args.model_name_or_path),
-                AutoTokenizer.from_pretrained(args.model_name_or_path))
+        return (
+            SwitchTransformersForConditionalGeneration.from_pretrained(args.model_name_or_path),
+            AutoTokenizer.from_pretrained(args.model_name_or_path),
+        )
     tokenizer = shapes_tokenizer()
     from transformers import SwitchTransformersConfig
 
     config = SwitchTransformersConfig(
-        vocab_size=len(tokenizer), d_model=args.d_model, d_kv=args.d_model // args.num_heads, d_ff=2 * args.d_model,
-        num_layers=args.num_layers, num_decoder_layers=args.num_layers, num_heads=args.num_heads,
-        num_experts=args.num_experts, num_sparse_encoder_layers=args.num_layers // 2 or 1,
-        num_sparse_decoder_layers=args.num_layers // 2 or 1, expert_capacity=args.expert_capacity,
-        router_z_loss_coef=args.router_z_loss_coef, router_aux_loss_coef=args.router_aux_loss_coef,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id,
+        vocab_size=len(tokenizer),
+        d_model=args.d_model,
+        d_kv=args.d_model // args.num_heads,
+        d_ff=2 * args.d_model,
+        num_layers=args.num_layers,
+        num_decoder_layers=args.num_layers,
+        num_heads=args.num_heads,
+        num_experts=args.num_experts,
+        num_sparse_encoder_layers=args.num_layers // 2 or 1,
+        num_sparse_decoder_layers=args.num_layers // 2 or 1,
+        expert_capacity=args.expert_capacity,
+        router_z_loss_coef=args.router_z_loss_coef,
+        router_aux_loss_coef=args.router_aux_loss_coef,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.sep_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,
     )
     return SwitchTransformersForConditionalGeneration(config), tokenizer
@@ -92,8 +106,9 @@ def main(argv=None):
     if args.lora_r > 0:
         import peft
 
-        model = peft.get_peft_model(model, peft.LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r,
-                                                           target_modules=LORA_TARGET_MODULES))
+        model = peft.get_peft_model(
+            model, peft.LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules=LORA_TARGET_MODULES)
+        )
         model.print_trainable_parameters()
 
     train_rows = question_rows(args.num_images, "train")
@@ -116,11 +131,12 @@ def main(argv=None):
         predictions = []
         with torch.no_grad():
             for start in range(0, len(rows), 64):
-                chunk = rows[start:start + 64]
+                chunk = rows[start : start + 64]
                 examples = encode([source_text(row) for row in chunk], [row["answer"] for row in chunk])
                 batch = collator([{"input_ids": e["input_ids"]} for e in examples])
-                generated = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                           max_new_tokens=6)
+                generated = model.generate(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=6
+                )
                 predictions += [p.strip() for p in tokenizer.batch_decode(generated, skip_special_tokens=True)]
         return predictions
 

@@ -29,11 +29,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from hf_vlp.modeling.clip import LORA_TARGET_MODULES as CLIP_LORA
-from hf_vlp.modeling.clip import CLIPForPreTraining
-from hf_vlp.modeling.vilt import LORA_TARGET_MODULES as VILT_LORA
-from hf_vlp.modeling.vit import LORA_MODULES_TO_SAVE as VIT_MODULES_TO_SAVE
-from hf_vlp.modeling.vit import LORA_TARGET_MODULES as VIT_LORA
 from transformers import (
     AutoProcessor,
     CLIPConfig,
@@ -59,6 +54,11 @@ from hf_vlp.evaluation import (
     format_controls,
     ranking_controls,
 )
+from hf_vlp.modeling.clip import LORA_TARGET_MODULES as CLIP_LORA
+from hf_vlp.modeling.clip import CLIPForPreTraining
+from hf_vlp.modeling.vilt import LORA_TARGET_MODULES as VILT_LORA
+from hf_vlp.modeling.vit import LORA_MODULES_TO_SAVE as VIT_MODULES_TO_SAVE
+from hf_vlp.modeling.vit import LORA_TARGET_MODULES as VIT_LORA
 from hf_vlp.recipes import shapes_tokenizer
 from hf_vlp.trainer import VLPTrainer
 
@@ -76,8 +76,10 @@ class ShapesArguments:
     num_attention_heads: int = 4
     initializer_range: float = field(
         default=0.08,
-        metadata={"help": "from scratch: init std of ViLT / ViT (~1/sqrt(hidden_size); BERT's 0.02 suits 768 wide); "
-                  "CLIP gets initializer_factor = initializer_range / 0.04 (its init already scales with the width)"},
+        metadata={
+            "help": "from scratch: init std of ViLT / ViT (~1/sqrt(hidden_size); BERT's 0.02 suits 768 wide); "
+            "CLIP gets initializer_factor = initializer_range / 0.04 (its init already scales with the width)"
+        },
     )
     lora_r: int = field(default=0, metadata={"help": "> 0: train LoRA adapters (the architecture's preset) only"})
 
@@ -172,10 +174,14 @@ def run_vilt_vqa(args, training_args):
         return {**batch, "labels": labels}
 
     model = train(model, training_args, train_rows, collate)
-    report = classification_controls(classifier_predict(model, encode, SHAPES_VQA_ANSWERS), train_rows, test_rows,
-                                     task="vilt_vqa")
-    print_report("ViLT VQA, held-out accuracy by question type", report,
-                 "prior = most frequent training answer of the type; shuffled = same model, another scene's image")
+    report = classification_controls(
+        classifier_predict(model, encode, SHAPES_VQA_ANSWERS), train_rows, test_rows, task="vilt_vqa"
+    )
+    print_report(
+        "ViLT VQA, held-out accuracy by question type",
+        report,
+        "prior = most frequent training answer of the type; shuffled = same model, another scene's image",
+    )
     return model, processor, report
 
 
@@ -239,8 +245,11 @@ def run_clip_retrieval(args, training_args):
         return torch.cat(text_embeds) @ torch.cat(image_embeds).t()
 
     report = ranking_controls(score, test_rows, task="clip_retrieval")
-    print_report(f"CLIP text->image retrieval over {len(test_rows)} held-out scenes", report,
-                 "chance = K / N; shuffled = same model, the gallery's images shuffled (the true image is gone)")
+    print_report(
+        f"CLIP text->image retrieval over {len(test_rows)} held-out scenes",
+        report,
+        "chance = K / N; shuffled = same model, the gallery's images shuffled (the true image is gone)",
+    )
     return model, processor, report
 
 
@@ -296,10 +305,17 @@ def run_vit_classification(args, training_args):
 
     report = classification_controls(
         classifier_predict(model, lambda rows: {"pixel_values": pixels(rows)}, names),
-        labelled(train_rows), labelled(test_rows), label_key="label", group_key=None, task="vit_classification",
+        labelled(train_rows),
+        labelled(test_rows),
+        label_key="label",
+        group_key=None,
+        task="vit_classification",
     )
-    print_report("ViT, colour of the largest shape, held-out accuracy", report,
-                 "prior = the majority training colour; shuffled = same model, another scene's image")
+    print_report(
+        "ViT, colour of the largest shape, held-out accuracy",
+        report,
+        "prior = the majority training colour; shuffled = same model, another scene's image",
+    )
     return model, processor, report
 
 

@@ -58,7 +58,14 @@ def bench_config(arch, sizes="base", task=None):
 
 
 def run_benchmark(
-    arch="uniter", batch_size=32, steps=10, bf16=False, sizes="base", task=None, text_length=40, regions=36,
+    arch="uniter",
+    batch_size=32,
+    steps=10,
+    bf16=False,
+    sizes="base",
+    task=None,
+    text_length=40,
+    regions=36,
     print_fn=print,
 ):
     """Times `steps` training steps of `arch`'s `task` head (default: the spec's `bench_task`; fused AdamW, bf16
@@ -105,16 +112,28 @@ def run_benchmark(
         torch.cuda.synchronize()
     infer_seconds = (time.perf_counter() - start) / steps
 
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
     matmul = _matmul_gflops(dtype, device)
     train_gflops = 3 * forward_flops / train_seconds / 1e9
     infer_gflops = forward_flops / infer_seconds / 1e9
     result = {
-        "arch": arch, "task": task.value, "sizes": sizes, "device": str(device),
-        "dtype": str(dtype).replace("torch.", ""), "batch_size": batch_size,
-        "train_examples_per_s": batch_size / train_seconds, "infer_examples_per_s": batch_size / infer_seconds,
-        "train_gflops": train_gflops, "infer_gflops": infer_gflops, "matmul_gflops": matmul,
-        "train_fraction_of_matmul": train_gflops / matmul, "infer_fraction_of_matmul": infer_gflops / matmul,
+        "arch": arch,
+        "task": task.value,
+        "sizes": sizes,
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "batch_size": batch_size,
+        "train_examples_per_s": batch_size / train_seconds,
+        "infer_examples_per_s": batch_size / infer_seconds,
+        "train_gflops": train_gflops,
+        "infer_gflops": infer_gflops,
+        "matmul_gflops": matmul,
+        "train_fraction_of_matmul": train_gflops / matmul,
+        "infer_fraction_of_matmul": infer_gflops / matmul,
         "peak_memory_mib": peak,
     }
     for key, value in result.items():

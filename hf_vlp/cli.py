@@ -23,7 +23,9 @@ def _convert(args):
         print(f"hf-vlp convert: error: {error}", file=sys.stderr)
         return 2
     model = module.convert(args.checkpoint, args.config, **options)
-    print(f"converted {args.checkpoint} -> {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters)")
+    print(
+        f"converted {args.checkpoint} -> {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters)"
+    )
     report = None
     if args.verify:
         report = common.verify(module, model, args.verify, atol=args.atol, rtol=args.rtol)
@@ -70,8 +72,11 @@ def _train(args, rest):
 
     from . import training
 
-    stage = (training.PretrainArguments, training.run_pretraining) if args.stage == "pretrain" else (
-        training.FinetuneArguments, training.run_finetuning)
+    stage = (
+        (training.PretrainArguments, training.run_pretraining)
+        if args.stage == "pretrain"
+        else (training.FinetuneArguments, training.run_finetuning)
+    )
     parsed, training_args = HfArgumentParser((stage[0], TrainingArguments)).parse_args_into_dataclasses(rest)
     try:  # what can be checked before building anything: arch x task, the checkpoint to resume from
         training.check_train_arguments(parsed, training_args)
@@ -109,7 +114,9 @@ def _demo(args):
 def _bench(args):
     from .bench import run_benchmark
 
-    run_benchmark(args.arch, batch_size=args.batch_size, steps=args.steps, bf16=args.bf16, sizes=args.sizes, task=args.task)
+    run_benchmark(
+        args.arch, batch_size=args.batch_size, steps=args.steps, bf16=args.bf16, sizes=args.sizes, task=args.task
+    )
     return 0
 
 
@@ -160,19 +167,24 @@ def main(argv=None):
     import hf_vlp  # noqa: F401  (registers architectures)
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show the full traceback of an error")
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error"
+    )
     parser = _Parser(prog="hf-vlp", description="Vision-language pretrained models in the HF stack", parents=[common])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     add_parser = commands.add_parser
-    commands.add_parser = lambda name, **kwargs: add_parser(name, parents=[common, *kwargs.pop("parents", [])], **kwargs)
+    commands.add_parser = lambda name, **kwargs: add_parser(
+        name, parents=[common, *kwargs.pop("parents", [])], **kwargs
+    )
 
     convert = commands.add_parser("convert", help="convert an original checkpoint (and verify it against a fixture)")
     convert.add_argument("arch")
     convert.add_argument("--checkpoint", required=True)
     convert.add_argument("--config", default=None, help="the original model config file, where the format needs it")
     convert.add_argument("--output", default=None, help="save the converted model in Hub layout here")
-    convert.add_argument("--verify", default=None, metavar="FIXTURE_DIR", help="inputs/outputs.safetensors saved from the original code")
+    convert.add_argument(
+        "--verify", default=None, metavar="FIXTURE_DIR", help="inputs/outputs.safetensors saved from the original code"
+    )
     convert.add_argument("--atol", type=float, default=None, help="default: the converter's VERIFY_ATOL")
     convert.add_argument("--rtol", type=float, default=None, help="default: the converter's VERIFY_RTOL")
     convert.add_argument(
@@ -182,7 +194,9 @@ def main(argv=None):
     convert.add_argument("--push-to-hub", dest="push_to_hub", default=None, metavar="REPO")
     convert.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="converter-specific option")
 
-    train = commands.add_parser("train", help="pretrain or fine-tune on the shapes world (TrainingArguments flags accepted)")
+    train = commands.add_parser(
+        "train", help="pretrain or fine-tune on the shapes world (TrainingArguments flags accepted)"
+    )
     train.add_argument("stage", choices=["pretrain", "finetune"])
 
     evaluate = commands.add_parser("eval", help="evaluate a saved model on a shapes-world task")
@@ -201,7 +215,9 @@ def main(argv=None):
     bench.add_argument("--batch_size", type=int, default=32)
     bench.add_argument("--steps", type=int, default=10)
     bench.add_argument("--bf16", action="store_true")
-    bench.add_argument("--sizes", default="base", choices=["base", "small"], help="released base config or the spec's small sizes")
+    bench.add_argument(
+        "--sizes", default="base", choices=["base", "small"], help="released base config or the spec's small sizes"
+    )
     bench.add_argument("--task", default=None, help="head to time (default: the architecture's bench task)")
 
     push = commands.add_parser(
@@ -210,8 +226,13 @@ def main(argv=None):
     push.add_argument("--model", required=True, metavar="DIR", help="a folder save_for_hub / hf-vlp convert wrote")
     push.add_argument("--repo_id", required=True, help="'org/name' or 'name'")
     push.add_argument("--private", action="store_true")
-    push.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                      help="give up when the push has not completed after this long (default: hf_vlp.hub.PUSH_TIMEOUT)")
+    push.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="give up when the push has not completed after this long (default: hf_vlp.hub.PUSH_TIMEOUT)",
+    )
 
     try:
         from .cpt import add_cli as add_cpt_cli

@@ -15,13 +15,12 @@ import torch
 from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor, TrainerCallback
 
 from .data import SHAPES_VQA_ANSWERS, shapes_dataset
-from .hub import save_for_hub
-from .pretraining.collators import DataCollatorForVLPretraining, DataCollatorForVLTask
 from .evaluation import OVERALL, classification_controls, classifier_predict
+from .hub import save_for_hub
+from .modeling.uniter import UniterForPreTraining, UniterForVisualQuestionAnswering
+from .pretraining.collators import DataCollatorForVLPretraining, DataCollatorForVLTask
 from .recipes import SMALL_SIZES, build_config, build_processor, shapes_tokenizer, training_arguments
 from .trainer import VLPTrainer
-from .modeling.uniter import UniterForPreTraining, UniterForVisualQuestionAnswering
-
 
 PRETRAINING_OBJECTIVES = ("mlm", "mrfr", "mrc_kl", "itm")
 # 5e-4 rather than 1e-3: at 1e-3 the small model's loss wanders back up for hundreds of steps after it has
@@ -73,10 +72,20 @@ def run_demo(output_dir="demo_output", minutes=4.0, bf16=False, num_images=2000,
     tokenizer = shapes_tokenizer()
     processor = build_processor("uniter", tokenizer)
     feature_dim = len(captions[0]["region_features"][0])
-    config = build_config("uniter", tokenizer, feature_dim, SMALL_SIZES, num_labels=len(SHAPES_VQA_ANSWERS),
-                          id2label=dict(enumerate(SHAPES_VQA_ANSWERS)), ot_iterations=20)
-    print(f"      {len(captions)} captions, {len(vqa_train)} training / {len(vqa_test)} held-out questions, "
-          f"{feature_dim}-d region features, vocabulary {len(tokenizer)}", flush=True)
+    config = build_config(
+        "uniter",
+        tokenizer,
+        feature_dim,
+        SMALL_SIZES,
+        num_labels=len(SHAPES_VQA_ANSWERS),
+        id2label=dict(enumerate(SHAPES_VQA_ANSWERS)),
+        ot_iterations=20,
+    )
+    print(
+        f"      {len(captions)} captions, {len(vqa_train)} training / {len(vqa_test)} held-out questions, "
+        f"{feature_dim}-d region features, vocabulary {len(tokenizer)}",
+        flush=True,
+    )
 
     budget = minutes * 60
     common = dict(bf16=bf16, use_cpu=not torch.cuda.is_available(), disable_tqdm=False, logging_steps=50)
@@ -86,9 +95,12 @@ def run_demo(output_dir="demo_output", minutes=4.0, bf16=False, num_images=2000,
     model = UniterForPreTraining(config)
 
     def pretrainer(max_steps, callbacks=None):
-        arguments = training_arguments(output_dir / "pretrain", max_steps=max_steps, learning_rate=LEARNING_RATE, **common)
-        return VLPTrainer(model=model, args=arguments, train_dataset=captions, data_collator=pretrain_collator,
-                          callbacks=callbacks)
+        arguments = training_arguments(
+            output_dir / "pretrain", max_steps=max_steps, learning_rate=LEARNING_RATE, **common
+        )
+        return VLPTrainer(
+            model=model, args=arguments, train_dataset=captions, data_collator=pretrain_collator, callbacks=callbacks
+        )
 
     pretrain_steps = _steps_for(0.3 * budget, _timed_step(pretrainer))
     pretrain_steps = pretrainer(pretrain_steps, [_Deadline(0.3 * budget * 1.2)]).train().global_step
@@ -100,15 +112,19 @@ def run_demo(output_dir="demo_output", minutes=4.0, bf16=False, num_images=2000,
 
     def finetuner(max_steps, callbacks=None):
         arguments = training_arguments(output_dir / "vqa", max_steps=max_steps, learning_rate=LEARNING_RATE, **common)
-        return VLPTrainer(model=vqa_model, args=arguments, train_dataset=vqa_train, data_collator=vqa_collator,
-                          callbacks=callbacks)
+        return VLPTrainer(
+            model=vqa_model, args=arguments, train_dataset=vqa_train, data_collator=vqa_collator, callbacks=callbacks
+        )
 
     finetune_steps = _steps_for(0.6 * budget, _timed_step(finetuner))
     finetune_steps = finetuner(finetune_steps, [_Deadline(0.6 * budget * 1.2)]).train().global_step
 
-    print("[4/5] held-out evaluation, with the controls that show whether the answer comes from the image ...",
-          flush=True)
-    report = classification_controls(classifier_predict(vqa_model, vqa_collator, SHAPES_VQA_ANSWERS), vqa_train, vqa_test)
+    print(
+        "[4/5] held-out evaluation, with the controls that show whether the answer comes from the image ...", flush=True
+    )
+    report = classification_controls(
+        classifier_predict(vqa_model, vqa_collator, SHAPES_VQA_ANSWERS), vqa_train, vqa_test
+    )
     score = report.accuracy[OVERALL]
     print("      accuracy by question type; prior = the most frequent training answer of the type; shuffled = the same")
     print("      model with each question given another image's regions (a model that ignores the image scores it):")
@@ -121,8 +137,10 @@ def run_demo(output_dir="demo_output", minutes=4.0, bf16=False, num_images=2000,
         processor,
         hub_dir,
         datasets=["hf_vlp/shapes-world"],
-        conversion=(f"Pretrained for {pretrain_steps} steps on shapes-world captions ({', '.join(PRETRAINING_OBJECTIVES)}), "
-                    f"then fine-tuned for {finetune_steps} steps on shapes-world VQA, with `hf-vlp demo`."),
+        conversion=(
+            f"Pretrained for {pretrain_steps} steps on shapes-world captions ({', '.join(PRETRAINING_OBJECTIVES)}), "
+            f"then fine-tuned for {finetune_steps} steps on shapes-world VQA, with `hf-vlp demo`."
+        ),
         results={
             "held-out VQA accuracy": f"{score:.3f}",
             "question-type prior (most frequent answer per type)": f"{report.controls['prior'][OVERALL]:.3f}",
@@ -146,8 +164,10 @@ def run_demo(output_dir="demo_output", minutes=4.0, bf16=False, num_images=2000,
         example["image"].save(image_path)
         print(f"      Q: {example['question']}   image {image_path}: model {answer!r}, gold {example['answer']!r}")
     prior, shuffled = report.controls["prior"][OVERALL], report.controls["shuffled"][OVERALL]
-    print(f"done in {(time.perf_counter() - started) / 60:.1f} min: VQA {score:.3f}, question-type prior {prior:.3f}, "
-          f"shuffled images {shuffled:.3f}")
+    print(
+        f"done in {(time.perf_counter() - started) / 60:.1f} min: VQA {score:.3f}, question-type prior {prior:.3f}, "
+        f"shuffled images {shuffled:.3f}"
+    )
     return {"vqa_score": score, "report": report, "directory": hub_dir}
 
 

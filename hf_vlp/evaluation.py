@@ -81,8 +81,9 @@ def majority_by_group(train, label_key: str = "answer", group_key: str | None = 
         counts[OVERALL][label] += 1
         if group_key is not None:
             counts[row[group_key]][label] += 1
-    return {group: min(counter.items(), key=lambda item: (-item[1], str(item[0])))[0]
-            for group, counter in counts.items()}
+    return {
+        group: min(counter.items(), key=lambda item: (-item[1], str(item[0])))[0] for group, counter in counts.items()
+    }
 
 
 def _accuracy_by_group(predictions, labels, groups) -> dict[str, float]:
@@ -150,8 +151,10 @@ def classification_controls(
         raise ValueError(f"`predict` returned {len(predictions)} labels for {len(rows)} rows.")
     shuffled_predictions = list(predict(shuffle_images(rows, seed=seed)))
     majority = majority_by_group(train, label_key, group_key)
-    prior_predictions = [majority.get(g, majority[OVERALL]) if groups is not None else majority[OVERALL]
-                         for g in (groups or [None] * len(rows))]
+    prior_predictions = [
+        majority.get(g, majority[OVERALL]) if groups is not None else majority[OVERALL]
+        for g in (groups or [None] * len(rows))
+    ]
     counts = collections.Counter(str(g) for g in groups) if groups is not None else {}
     return ControlReport(
         task=task,
@@ -178,7 +181,7 @@ def classifier_predict(model, collator, labels: Sequence | None = None, batch_si
         try:
             with torch.no_grad():
                 for start in range(0, len(rows), batch_size):
-                    batch = collator(rows[start:start + batch_size])
+                    batch = collator(rows[start : start + batch_size])
                     batch.pop("labels", None)
                     predicted += model(**batch).logits.argmax(-1).tolist()
         finally:
@@ -196,8 +199,13 @@ def region_predict(model, collator, offset: int = 0, batch_size: int = 64):
     return lambda rows: [index - offset for index in classify(rows)]
 
 
-def ranking_controls(score: Callable[[list[dict]], torch.Tensor], rows, ks: Sequence[int] = (1, 5),
-                     seed: int = 0, task: str = "retrieval") -> ControlReport:
+def ranking_controls(
+    score: Callable[[list[dict]], torch.Tensor],
+    rows,
+    ks: Sequence[int] = (1, 5),
+    seed: int = 0,
+    task: str = "retrieval",
+) -> ControlReport:
     """Text-to-image recall@K over a gallery of `rows` (row i's text matches row i's image), against chance (K/N)
     and the same scores with the gallery's images shuffled (the true match is then another image).
 
@@ -218,12 +226,22 @@ def ranking_controls(score: Callable[[list[dict]], torch.Tensor], rows, ks: Sequ
     real = recall(score(rows))
     shuffled = recall(score(shuffle_images(rows, seed=seed)))
     chance = {f"R@{k}": min(k, len(rows)) / len(rows) for k in ks}
-    return ControlReport(task=task, accuracy=real, controls={"chance": chance, "shuffled": shuffled},
-                         counts={name: len(rows) for name in real})
+    return ControlReport(
+        task=task,
+        accuracy=real,
+        controls={"chance": chance, "shuffled": shuffled},
+        counts={name: len(rows) for name in real},
+    )
 
 
-def grounding_controls(predict: Callable[[list[dict]], Sequence[int]], train, evaluation,
-                       target_key: str = "target_index", boxes_key: str = "boxes", task: str = "refexp") -> ControlReport:
+def grounding_controls(
+    predict: Callable[[list[dict]], Sequence[int]],
+    train,
+    evaluation,
+    target_key: str = "target_index",
+    boxes_key: str = "boxes",
+    task: str = "refexp",
+) -> ControlReport:
     """Referring-expression accuracy (predicted region index == target) against a random box (the expected
     accuracy of picking one of the image's regions uniformly) and the most frequent training target index."""
     rows = _as_rows(evaluation)

@@ -98,7 +98,9 @@ def model_card(model, base_model=None, datasets=None, conversion=None, results=N
     elif spec.inputs is InputKind.PIXELS:
         reads_text = spec.vocab_size_field is not None
         call = f"inputs = processor(images=[image]{', text=[text]' if reads_text else ''}, return_tensors='pt')\n"
-        described = "Inputs: RGB images (the processor resizes and normalizes them)" + (" and text" * reads_text) + ".\n"
+        described = (
+            "Inputs: RGB images (the processor resizes and normalizes them)" + (" and text" * reads_text) + ".\n"
+        )
     else:
         call = "inputs = processor(text=[text], return_tensors='pt')\n"
         described = "Inputs: text.\n"
@@ -168,7 +170,11 @@ def _bundle_order(module_name, seen=None, order=None):
 def _package_members(package):
     """The submodules a package's `__init__` re-exports from (`from .x import ...`)."""
     tree = ast.parse(inspect.getsource(package))
-    return [f"{package.__name__}.{node.module}" for node in tree.body if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module]
+    return [
+        f"{package.__name__}.{node.module}"
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
+    ]
 
 
 def flat_source(module_name) -> str:
@@ -299,8 +305,13 @@ def save_for_hub(model, processor, directory, remote_code=True, **card):
 # whole push (every request and retry); `push_folder(timeout=...)` / `hf-vlp push --timeout` change the latter
 REQUEST_TIMEOUT = 60.0
 PUSH_TIMEOUT = 1800.0
-PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json", "tokenizer.json",
-                   "vocab.txt")
+PROCESSOR_FILES = (
+    "processor_config.json",
+    "preprocessor_config.json",
+    "tokenizer_config.json",
+    "tokenizer.json",
+    "vocab.txt",
+)
 
 
 class HubPushError(RuntimeError):
@@ -320,7 +331,9 @@ def check_folder_loads(folder):
     if not folder.is_dir():
         raise ValueError(f"model folder {str(folder)!r} does not exist or is not a folder")
     if not (folder / "config.json").is_file():
-        raise ValueError(f"{folder} has no config.json: it is no saved model (save_pretrained / hf-vlp convert --output)")
+        raise ValueError(
+            f"{folder} has no config.json: it is no saved model (save_pretrained / hf-vlp convert --output)"
+        )
     try:
         config = AutoConfig.from_pretrained(folder)
     except (OSError, ValueError) as error:
@@ -377,8 +390,10 @@ def _with_deadline(call, timeout, what):
     finally:
         _http.set_client_factory(_http.default_client_factory)
     if worker.is_alive():
-        raise HubPushError(f"{what}: no answer from {_endpoint()} within {timeout:g} s (pass a longer timeout, or check "
-                           "the connection); the push did not complete")
+        raise HubPushError(
+            f"{what}: no answer from {_endpoint()} within {timeout:g} s (pass a longer timeout, or check "
+            "the connection); the push did not complete"
+        )
     if failure:
         error = failure[0]
         chain = [error]  # huggingface_hub wraps some failures (RuntimeError "Error while uploading ...")
@@ -391,8 +406,10 @@ def _with_deadline(call, timeout, what):
         if broken is not None:
             reason = "timed out" if isinstance(broken, httpx2.TimeoutException) else "connection failed"
             where = f"{error}; " if error is not broken else ""
-            raise HubPushError(f"{what}: {reason} talking to {_endpoint()} ({where}{type(broken).__name__}: "
-                               f"{str(broken) or 'no details'}); the push did not complete") from error
+            raise HubPushError(
+                f"{what}: {reason} talking to {_endpoint()} ({where}{type(broken).__name__}: "
+                f"{str(broken) or 'no details'}); the push did not complete"
+            ) from error
         raise error
     return result[0]
 
@@ -436,7 +453,9 @@ def push_folder(folder, repo_id, private=False, commit_message=None, timeout=PUS
 
     def upload():
         api.create_repo(repo_id, private=private, exist_ok=True)
-        return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message or f"Upload {name}")
+        return api.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), commit_message=commit_message or f"Upload {name}"
+        )
 
     return _with_deadline(upload, timeout, f"push of {folder} to {repo_id}")
 
@@ -451,8 +470,14 @@ def push_to_hub(model, processor, repo_id, directory=None, private=False, timeou
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = save_for_hub(model, processor, directory or scratch, repo_id=repo_id, **card)
-        return push_folder(folder, repo_id, private=private, timeout=timeout, check=False,
-                           commit_message=f"Upload {type(model).__name__}")
+        return push_folder(
+            folder,
+            repo_id,
+            private=private,
+            timeout=timeout,
+            check=False,
+            commit_message=f"Upload {type(model).__name__}",
+        )
 
 
 try:
@@ -475,5 +500,6 @@ class HubPushCallback(_TrainerCallback):
             return
         model = getattr(model, "module", model)  # DDP / accelerate wrapper
         processor = self.processor if self.processor is not None else processing_class
-        self.commit_url = push_to_hub(model, processor, self.repo_id, private=self.private, timeout=self.timeout,
-                                      **self.card)
+        self.commit_url = push_to_hub(
+            model, processor, self.repo_id, private=self.private, timeout=self.timeout, **self.card
+        )

@@ -18,8 +18,9 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # BERT's 0.02 suits 768 wide layers, but at 128 wide it leaves the attention logits near zero, every region gets the
 # same weight and training sits for thousands of steps on the question-only prior (docs/data.md, "Does the model
 # look at the image?"). 0.08 ~ 1 / sqrt(128).
-SMALL_SIZES = dict(hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256,
-                   initializer_range=0.08)
+SMALL_SIZES = dict(
+    hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256, initializer_range=0.08
+)
 
 
 def shapes_tokenizer(save_dir=None, num_images=200):
@@ -34,8 +35,9 @@ def shapes_tokenizer(save_dir=None, num_images=200):
 
     words = set()
     for task in SHAPES_TASKS:
-        data = shapes_dataset(task, num_images=num_images if task != "nlvr2" else num_images // 2, seed=12345,
-                              with_region_features=False)
+        data = shapes_dataset(
+            task, num_images=num_images if task != "nlvr2" else num_images // 2, seed=12345, with_region_features=False
+        )
         for column in ("text", "question", "answer"):
             if column in data.column_names:
                 for text in data[column]:

@@ -259,7 +259,6 @@ class ArchitectureSpec:
         return builder(config, Task(task), **kwargs)
 
 
-
 def lazy_exports(package: str, exports: Mapping[str, tuple[str, ...]]):
     """`__getattr__` and `__dir__` for a package `__init__` whose names live in submodules imported on first access
     (PEP 562). `exports` maps a relative submodule (".modeling_uniter") to the names it provides."""

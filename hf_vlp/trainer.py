@@ -151,8 +151,10 @@ class VLPTrainer(Trainer):
         if not self.is_world_process_zero():
             return None
         if self.processing_class is None:
-            raise ValueError("push_to_hub needs the Trainer's `processing_class` (the model's processor) for a "
-                             "complete repo; pass processing_class=processor to the Trainer.")
+            raise ValueError(
+                "push_to_hub needs the Trainer's `processing_class` (the model's processor) for a "
+                "complete repo; pass processing_class=processor to the Trainer."
+            )
         repo_id = self.args.hub_model_id or Path(self.args.output_dir).name
         model = self.accelerator.unwrap_model(self.model)
         return push_to_hub(model, self.processing_class, repo_id, private=bool(self.args.hub_private_repo), **card)
@@ -203,12 +205,20 @@ def recall_at_k(similarity, ks=(1, 5, 10)) -> dict:
 
 
 def compute_vqa_metrics(eval_prediction) -> dict:
-    logits = eval_prediction.predictions[0] if isinstance(eval_prediction.predictions, tuple) else eval_prediction.predictions
+    logits = (
+        eval_prediction.predictions[0]
+        if isinstance(eval_prediction.predictions, tuple)
+        else eval_prediction.predictions
+    )
     return {"vqa_score": vqa_score(logits, eval_prediction.label_ids)}
 
 
 def compute_accuracy_metrics(eval_prediction) -> dict:
-    logits = eval_prediction.predictions[0] if isinstance(eval_prediction.predictions, tuple) else eval_prediction.predictions
+    logits = (
+        eval_prediction.predictions[0]
+        if isinstance(eval_prediction.predictions, tuple)
+        else eval_prediction.predictions
+    )
     return {"accuracy": accuracy(logits, eval_prediction.label_ids)}
 
 
@@ -236,8 +246,10 @@ def compute_retrieval_metrics(eval_prediction) -> dict:
     starts = np.flatnonzero(labels == 1)
     if len(starts) == 0 or starts[0] != 0:
         raise ValueError("retrieval label_ids must start every group with its match (1), followed by negatives (0)")
-    hits = [scores[start] > scores[start + 1 : end].max(initial=-np.inf)
-            for start, end in zip(starts, [*starts[1:], len(scores)])]
+    hits = [
+        scores[start] > scores[start + 1 : end].max(initial=-np.inf)
+        for start, end in zip(starts, [*starts[1:], len(scores)])
+    ]
     return {"recall@1": float(np.mean(hits))}
 
 

@@ -37,8 +37,13 @@ from .trainer import VLPTrainer, compute_metrics_for_task
 # label vocabulary of each shapes-world task, set on the head's `num_labels_field`
 SHAPES_NUM_LABELS = {"vqa": vqa_num_labels, "entailment": lambda: 3, "nlvr2": lambda: 2}
 # the headline metric of each task's `evaluate_task` report
-SHAPES_TASK_METRICS = {"vqa": "accuracy", "entailment": "accuracy", "nlvr2": "accuracy", "refexp": "accuracy",
-                       "retrieval": "recall@K"}
+SHAPES_TASK_METRICS = {
+    "vqa": "accuracy",
+    "entailment": "accuracy",
+    "nlvr2": "accuracy",
+    "refexp": "accuracy",
+    "retrieval": "recall@K",
+}
 SIZE_ARGUMENTS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 # the fine-tuning tasks with shapes-world data and a collator (`DataCollatorForVLTask`)
 SHAPES_FINETUNE_TASKS = ("vqa", "entailment", "nlvr2", "refexp", "retrieval")
@@ -318,7 +323,7 @@ def retrieval_score(model, collator, batch_size=64):
         try:
             with torch.no_grad():
                 for start in range(0, len(pairs), batch_size):
-                    chunk = pairs[start:start + batch_size]
+                    chunk = pairs[start : start + batch_size]
                     batch = collator._encode(rows, [rows[t][text_field] for t, _ in chunk], order=[i for _, i in chunk])
                     scores.append(model(**batch).logits.float().reshape(len(chunk), -1)[:, -1])
         finally:

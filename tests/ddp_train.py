@@ -47,13 +47,31 @@ class RecordLoss(TrainerCallback):
 
 
 torch.manual_seed(0)
-config = UniterConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                      max_position_embeddings=16, visual_feat_dim=12, num_labels=7, hidden_dropout_prob=0.0,
-                      attention_probs_dropout_prob=0.0)
+config = UniterConfig(
+    vocab_size=64,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=16,
+    visual_feat_dim=12,
+    num_labels=7,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
 model = UniterForVisualQuestionAnswering(config)
-arguments = training_arguments(output_dir, per_device_train_batch_size=per_device_batch, max_steps=3, logging_steps=1,
-                               learning_rate=1e-2, warmup_steps=0, use_cpu=True, train_sampling_strategy="sequential",
-                               disable_tqdm=True, **({"ddp_backend": "gloo"} if "WORLD_SIZE" in os.environ else {}))
+arguments = training_arguments(
+    output_dir,
+    per_device_train_batch_size=per_device_batch,
+    max_steps=3,
+    logging_steps=1,
+    learning_rate=1e-2,
+    warmup_steps=0,
+    use_cpu=True,
+    train_sampling_strategy="sequential",
+    disable_tqdm=True,
+    **({"ddp_backend": "gloo"} if "WORLD_SIZE" in os.environ else {}),
+)
 recorder = RecordLoss()
 trainer = VLPTrainer(model=model, args=arguments, train_dataset=Rows(), callbacks=[recorder])
 trainer.train()

@@ -107,8 +107,11 @@ def _():
     RegionFeatureProcessor()(with_value(feats(3), 0, (0, 0), INF), boxes(3), sizes(1))
 
 
-@case(AREA, "nan box (the `box < 0` check is False for NaN)",
-      r"`boxes\[1\]` holds 1 non-finite value\(s\) \(nan at region 1")
+@case(
+    AREA,
+    "nan box (the `box < 0` check is False for NaN)",
+    r"`boxes\[1\]` holds 1 non-finite value\(s\) \(nan at region 1",
+)
 def _():
     RegionFeatureProcessor()(feats(2, 2), with_value(boxes(2, 2), 1, (1, 3), NAN), sizes(2))
 
@@ -193,8 +196,11 @@ def _():
     assert out["visual_feats"].shape == (2, 2, DIM)
 
 
-@case(AREA, "region label count, with the global region: counts the given regions",
-      r"image 0: `region_labels` has 2 entries for 3 regions \(one per given region")
+@case(
+    AREA,
+    "region label count, with the global region: counts the given regions",
+    r"image 0: `region_labels` has 2 entries for 3 regions \(one per given region",
+)
 def _():
     RegionFeatureProcessor(add_global_region=True)(feats(3), boxes(3), sizes(1), region_labels=[[1, 2]])
 
@@ -227,8 +233,11 @@ def _():
     RegionFeatureProcessor()(feats(1, 1), boxes(1, 1), sizes(2), region_attribute_ids=[[3], [0.7]])
 
 
-@case(AREA, "nan class probabilities",
-      r"`region_class_probs\[0\]` holds 1 non-finite value\(s\) \(nan at region 1, column 0\)")
+@case(
+    AREA,
+    "nan class probabilities",
+    r"`region_class_probs\[0\]` holds 1 non-finite value\(s\) \(nan at region 1, column 0\)",
+)
 def _():
     probs = np.full((2, 3), 1 / 3, np.float32)
     probs[1, 0] = NAN
@@ -255,8 +264,11 @@ def _():
     RegionFeatureProcessor()([[[1.0, 2.0], [3.0]]], boxes(2), sizes(1))
 
 
-@case(AREA, "one image's features not wrapped in a list",
-      r"`visual_feats\[0\]` must have 2 dimensions, got shape \(12,\) \(pass one array per image")
+@case(
+    AREA,
+    "one image's features not wrapped in a list",
+    r"`visual_feats\[0\]` must have 2 dimensions, got shape \(12,\) \(pass one array per image",
+)
 def _():
     RegionFeatureProcessor()(feats(2)[0], boxes(2)[0], sizes(2))
 
@@ -320,8 +332,9 @@ def _():
 
 @case(AREA, "nan feature through the text processor", r"`visual_feats\[0\]` holds 1 non-finite")
 def _():
-    text_processor()(text=["a dog"], visual_feats=with_value(feats(2), 0, (1, 1), NAN), boxes=boxes(2),
-                     image_sizes=sizes(1))
+    text_processor()(
+        text=["a dog"], visual_feats=with_value(feats(2), 0, (1, 1), NAN), boxes=boxes(2), image_sizes=sizes(1)
+    )
 
 
 @case(AREA, "UniterProcessor: max_regions=0", r"`max_regions` must be None .* or a positive int, got 0")
@@ -331,8 +344,9 @@ def _():
 
 @case(AREA, "UniterProcessor: output feeds the model")
 def _():
-    batch = text_processor(UniterProcessor)(text=["a red circle", "a dog"], visual_feats=feats(3, 1),
-                                            boxes=boxes(3, 1), image_sizes=sizes(2))
+    batch = text_processor(UniterProcessor)(
+        text=["a red circle", "a dog"], visual_feats=feats(3, 1), boxes=boxes(3, 1), image_sizes=sizes(2)
+    )
     model = model_and_inputs("uniter")[0]
     assert torch.isfinite(model(**batch).last_hidden_state).all()
 
@@ -340,8 +354,11 @@ def _():
 @case(AREA, "VilbertProcessor: image without regions keeps the global region")
 def _():
     batch = text_processor(VilbertProcessor, add_global_region=True)(
-        text=["a dog", "a cat"], visual_feats=[np.zeros((0, DIM))] + feats(2), boxes=[np.zeros((0, 4))] + boxes(2),
-        image_sizes=sizes(2))
+        text=["a dog", "a cat"],
+        visual_feats=[np.zeros((0, DIM))] + feats(2),
+        boxes=[np.zeros((0, 4))] + boxes(2),
+        image_sizes=sizes(2),
+    )
     assert batch["visual_feats"].shape == (2, 3, DIM) and batch["visual_pos"].shape == (2, 3, 4)
     assert batch["visual_attention_mask"].tolist() == [[1, 0, 0], [1, 1, 1]]
 
@@ -349,20 +366,28 @@ def _():
 @case(AREA, "VilbertProcessor: nan feature", r"`visual_feats\[1\]` holds 1 non-finite")
 def _():
     text_processor(VilbertProcessor, add_global_region=True)(
-        text=["a dog", "a cat"], visual_feats=with_value(feats(1, 2), 1, (0, 0), NAN), boxes=boxes(1, 2),
-        image_sizes=sizes(2))
+        text=["a dog", "a cat"],
+        visual_feats=with_value(feats(1, 2), 1, (0, 0), NAN),
+        boxes=boxes(1, 2),
+        image_sizes=sizes(2),
+    )
 
 
 @case(AREA, "ErnieVilProcessor: nan box", r"`boxes\[0\]` holds 1 non-finite")
 def _():
     text_processor(ErnieVilProcessor, add_global_region=True)(
-        text=["a dog"], visual_feats=feats(2), boxes=with_value(boxes(2), 0, (0, 0), NAN), image_sizes=sizes(1))
+        text=["a dog"], visual_feats=feats(2), boxes=with_value(boxes(2), 0, (0, 0), NAN), image_sizes=sizes(1)
+    )
 
 
 @case(AREA, "LxmertProcessor: box outside the image", r"`boxes\[1\]` has coordinates outside the 100x100 image")
 def _():
-    text_processor(LxmertProcessor)(text=["a dog", "a cat"], visual_feats=feats(1, 1),
-                                    boxes=boxes(1) + [np.array([[0, 0, 500, 20]], np.float32)], image_sizes=sizes(2))
+    text_processor(LxmertProcessor)(
+        text=["a dog", "a cat"],
+        visual_feats=feats(1, 1),
+        boxes=boxes(1) + [np.array([[0, 0, 500, 20]], np.float32)],
+        image_sizes=sizes(2),
+    )
 
 
 def oscar_processor():
@@ -371,31 +396,42 @@ def oscar_processor():
 
 @case(AREA, "OscarProcessor: float region label", r"`region_labels\[0\]` holds 1.5, not an id into region_class_names")
 def _():
-    oscar_processor()(text=["a dog"], visual_feats=feats(2), boxes=boxes(2), image_sizes=sizes(1),
-                      region_labels=[[1, 1.5]])
+    oscar_processor()(
+        text=["a dog"], visual_feats=feats(2), boxes=boxes(2), image_sizes=sizes(1), region_labels=[[1, 1.5]]
+    )
 
 
 @case(AREA, "OscarProcessor: nan region label", r"`region_labels\[0\]` holds nan, not an id")
 def _():
-    oscar_processor()(text=["a dog"], visual_feats=feats(1), boxes=boxes(1), image_sizes=sizes(1),
-                      region_labels=[[NAN]])
+    oscar_processor()(
+        text=["a dog"], visual_feats=feats(1), boxes=boxes(1), image_sizes=sizes(1), region_labels=[[NAN]]
+    )
 
 
 @case(AREA, "OscarProcessor: integral float labels name their classes")
 def _():
-    batch = oscar_processor()(text=["a"], visual_feats=feats(2), boxes=boxes(2), image_sizes=sizes(1),
-                              region_labels=[[1.0, 2.0]])
+    batch = oscar_processor()(
+        text=["a"], visual_feats=feats(2), boxes=boxes(2), image_sizes=sizes(1), region_labels=[[1.0, 2.0]]
+    )
     assert tokenizer().decode(batch["input_ids"][0]) == "[CLS] a [SEP] dog cat [SEP]"
 
 
 @case(AREA, "OscarProcessor: inf feature", r"`visual_feats\[0\]` holds 1 non-finite")
 def _():
-    oscar_processor()(text=["a dog"], visual_feats=with_value(feats(2), 0, (1, 0), -INF), boxes=boxes(2),
-                      image_sizes=sizes(1), region_labels=[[1, 2]])
+    oscar_processor()(
+        text=["a dog"],
+        visual_feats=with_value(feats(2), 0, (1, 0), -INF),
+        boxes=boxes(2),
+        image_sizes=sizes(1),
+        region_labels=[[1, 2]],
+    )
 
 
-@case(AREA, "VisualBertProcessor: fractional visual_token_type_ids (were truncated to 0)",
-      r"`visual_token_type_ids\[0\]` must hold integer ids, got 0.5 at region 1")
+@case(
+    AREA,
+    "VisualBertProcessor: fractional visual_token_type_ids (were truncated to 0)",
+    r"`visual_token_type_ids\[0\]` must hold integer ids, got 0.5 at region 1",
+)
 def _():
     text_processor(VisualBertProcessor)(text=["a dog"], visual_feats=feats(2), visual_token_type_ids=[[0, 0.5]])
 
@@ -428,8 +464,9 @@ def read_tsv(text):
 
 def read_npz(**arrays):
     folder = Path(tempfile.mkdtemp(prefix="hf_vlp_npz_"))
-    defaults = dict(x=np.ones((2, 4), np.float32), bbox=np.array([[1, 1, 5, 5], [0, 0, 9, 9]], np.float32),
-                    image_w=10, image_h=10)
+    defaults = dict(
+        x=np.ones((2, 4), np.float32), bbox=np.array([[1, 1, 5, 5], [0, 0, 9, 9]], np.float32), image_w=10, image_h=10
+    )
     np.savez(folder / "7.npz", **{**defaults, **arrays})
     return list(read_npz_features(folder / "7.npz"))
 
@@ -439,14 +476,16 @@ def _():
     read_tsv(tsv_line() + tsv_line(image_id="x9", features_=with_value([np.ones((2, 4))], 0, (1, 2), NAN)[0]))
 
 
-@case(AREA, "tsv: inf box",
-      r"line 1 \(image_id 42\): boxes hold 1 NaN or infinite value\(s\), first at box 0, column 2")
+@case(
+    AREA, "tsv: inf box", r"line 1 \(image_id 42\): boxes hold 1 NaN or infinite value\(s\), first at box 0, column 2"
+)
 def _():
     read_tsv(tsv_line(boxes_=np.array([[0, 0, INF, 5]], np.float32)))
 
 
-@case(AREA, "tsv: flipped box",
-      r"line 1 \(image_id 42\): boxes must be x1, y1, x2, y2 with x2 >= x1 and y2 >= y1; box 1")
+@case(
+    AREA, "tsv: flipped box", r"line 1 \(image_id 42\): boxes must be x1, y1, x2, y2 with x2 >= x1 and y2 >= y1; box 1"
+)
 def _():
     read_tsv(tsv_line(boxes_=np.array([[0, 0, 5, 5], [30, 0, 10, 5]], np.float32)))
 
@@ -456,8 +495,9 @@ def _():
     read_tsv(tsv_line(width="nan"))
 
 
-@case(AREA, "tsv: inf image height (int(inf) overflowed)",
-      r"line 1: num_boxes / image_w / image_h must be finite numbers")
+@case(
+    AREA, "tsv: inf image height (int(inf) overflowed)", r"line 1: num_boxes / image_w / image_h must be finite numbers"
+)
 def _():
     read_tsv(tsv_line(height="inf"))
 
@@ -478,8 +518,11 @@ def _():
     assert record["boxes"].shape == (0, 4) and record["features"].shape[0] == 0
 
 
-@case(AREA, "npz: nan feature",
-      r"7.npz \(image_id 7\): features hold 1 NaN or infinite value\(s\), first at box 0, column 3")
+@case(
+    AREA,
+    "npz: nan feature",
+    r"7.npz \(image_id 7\): features hold 1 NaN or infinite value\(s\), first at box 0, column 3",
+)
 def _():
     read_npz(x=with_value([np.ones((2, 4), np.float32)], 0, (0, 3), NAN)[0])
 
@@ -497,8 +540,18 @@ def _():
 @case(AREA, "writer: nan feature", r"records\[0\] \(image_id 3\): features hold 1 NaN")
 def _():
     path = Path(tempfile.mkdtemp(prefix="hf_vlp_tsv_")) / "out.tsv"
-    write_bua_tsv(path, [{"image_id": 3, "image_width": 10, "image_height": 10, "boxes": np.zeros((1, 4)),
-                          "features": np.array([[NAN, 1.0]])}])
+    write_bua_tsv(
+        path,
+        [
+            {
+                "image_id": 3,
+                "image_width": 10,
+                "image_height": 10,
+                "boxes": np.zeros((1, 4)),
+                "features": np.array([[NAN, 1.0]]),
+            }
+        ],
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -507,10 +560,24 @@ def _():
 
 AREA = "model forward"
 
-TINY = dict(vocab_size=len(WORDS) + 20, hidden_size=16, num_attention_heads=2, intermediate_size=32,
-            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-COATTENTION = dict(v_feature_size=DIM, v_hidden_size=16, v_num_attention_heads=2, v_intermediate_size=24,
-                   v_biattention_id=[0, 1], t_biattention_id=[0, 1], num_hidden_layers=2, v_num_hidden_layers=2)
+TINY = dict(
+    vocab_size=len(WORDS) + 20,
+    hidden_size=16,
+    num_attention_heads=2,
+    intermediate_size=32,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
+COATTENTION = dict(
+    v_feature_size=DIM,
+    v_hidden_size=16,
+    v_num_attention_heads=2,
+    v_intermediate_size=24,
+    v_biattention_id=[0, 1],
+    t_biattention_id=[0, 1],
+    num_hidden_layers=2,
+    v_num_hidden_layers=2,
+)
 
 
 @functools.cache
@@ -524,8 +591,17 @@ def model_and_inputs(arch):
     elif arch == "ernie_vil":
         model = ErnieVilModel(ErnieVilConfig(**TINY, **COATTENTION, co_hidden_size=16, co_num_attention_heads=2))
     elif arch == "oscar":
-        model = OscarModel(OscarConfig(**TINY, num_hidden_layers=1, visual_feat_dim=DIM, pad_token_id=0,
-                                       bos_token_id=2, eos_token_id=3, mask_token_id=4))
+        model = OscarModel(
+            OscarConfig(
+                **TINY,
+                num_hidden_layers=1,
+                visual_feat_dim=DIM,
+                pad_token_id=0,
+                bos_token_id=2,
+                eos_token_id=3,
+                mask_token_id=4,
+            )
+        )
     elif arch == "lxmert":
         model = LxmertModel(LxmertConfig(**TINY, l_layers=1, x_layers=1, r_layers=1, visual_feat_dim=DIM))
     else:
@@ -564,43 +640,64 @@ for arch in BOXED + ["visual_bert"]:
     feats_name = "visual_embeds" if arch == "visual_bert" else "visual_feats"
     add = functools.partial(case, f"{AREA}: {arch}")
     add("2-d features", rf"`{feats_name}` .*\(3, {DIM}\)")(
-        lambda arch=arch, f=feats_name: forward(arch, **{f: model_and_inputs(arch)[1][f][0]}))
+        lambda arch=arch, f=feats_name: forward(arch, **{f: model_and_inputs(arch)[1][f][0]})
+    )
     add("features of the wrong size for the config", rf"`{feats_name}` must have {DIM} features per region")(
-        lambda arch=arch, f=feats_name: forward(arch, **{f: torch.rand(2, 3, DIM + 3)}))
+        lambda arch=arch, f=feats_name: forward(arch, **{f: torch.rand(2, 3, DIM + 3)})
+    )
     add("visual_attention_mask of the wrong shape", r"`visual_attention_mask` must be \(batch, regions\) = \(2, 3\)")(
-        lambda arch=arch: forward(arch, visual_attention_mask=torch.ones(2, 4, dtype=torch.long)))
-    add("one image for two texts",
-        rf"batch (size )?2 and (image batch size 1 \(`{feats_name}`\)|`{feats_name}` batch 1)")(
+        lambda arch=arch: forward(arch, visual_attention_mask=torch.ones(2, 4, dtype=torch.long))
+    )
+    add(
+        "one image for two texts",
+        rf"batch (size )?2 and (image batch size 1 \(`{feats_name}`\)|`{feats_name}` batch 1)",
+    )(
         lambda arch=arch, f=feats_name: forward(
-            arch, **{k: v[:1] for k, v in model_and_inputs(arch)[1].items() if k.startswith("visual")}))
-    add("nan feature", rf"`{feats_name}` holds NaN or infinite values at example 1, region 2",
-        known_gap=VALUE_GAP if arch == "visual_bert" else None)(
-        lambda arch=arch, f=feats_name: forward(arch, **changed(arch, f, (1, 2, 0), NAN)))
-    add("inf feature", rf"`{feats_name}` holds NaN or infinite values at example 0, region 1",
-        known_gap=VALUE_GAP if arch == "visual_bert" else None)(
-        lambda arch=arch, f=feats_name: forward(arch, **changed(arch, f, (0, 1, 4), -INF)))
-    add("visual_attention_mask of 0.5", r"`visual_attention_mask` must hold 0 \(padding\) or 1 \(region\), got 0.5",
-        known_gap=VALUE_GAP if arch == "visual_bert" else None)(
-        lambda arch=arch: forward(arch, visual_attention_mask=torch.tensor([[1.0, 0.5, 1.0], [1.0, 1.0, 0.0]])))
+            arch, **{k: v[:1] for k, v in model_and_inputs(arch)[1].items() if k.startswith("visual")}
+        )
+    )
+    add(
+        "nan feature",
+        rf"`{feats_name}` holds NaN or infinite values at example 1, region 2",
+        known_gap=VALUE_GAP if arch == "visual_bert" else None,
+    )(lambda arch=arch, f=feats_name: forward(arch, **changed(arch, f, (1, 2, 0), NAN)))
+    add(
+        "inf feature",
+        rf"`{feats_name}` holds NaN or infinite values at example 0, region 1",
+        known_gap=VALUE_GAP if arch == "visual_bert" else None,
+    )(lambda arch=arch, f=feats_name: forward(arch, **changed(arch, f, (0, 1, 4), -INF)))
+    add(
+        "visual_attention_mask of 0.5",
+        r"`visual_attention_mask` must hold 0 \(padding\) or 1 \(region\), got 0.5",
+        known_gap=VALUE_GAP if arch == "visual_bert" else None,
+    )(lambda arch=arch: forward(arch, visual_attention_mask=torch.tensor([[1.0, 0.5, 1.0], [1.0, 1.0, 0.0]])))
     if arch == "visual_bert":
         continue
     add("visual_pos with 5 numbers per box", r"`visual_pos` must be \(batch, regions, 4\)")(
-        lambda arch=arch: forward(arch, visual_pos=torch.rand(2, 3, 5)))
+        lambda arch=arch: forward(arch, visual_pos=torch.rand(2, 3, 5))
+    )
     add("visual_pos for fewer regions", r"`visual_pos`.*\(2, 2, 4\)")(
-        lambda arch=arch: forward(arch, visual_pos=model_and_inputs(arch)[1]["visual_pos"][:, :2]))
+        lambda arch=arch: forward(arch, visual_pos=model_and_inputs(arch)[1]["visual_pos"][:, :2])
+    )
     add("visual_pos missing", r"`visual_pos`.* is required|`visual_pos` is required")(
-        lambda arch=arch: forward(arch, visual_pos=None))
+        lambda arch=arch: forward(arch, visual_pos=None)
+    )
     add("pixel boxes as visual_pos", r"`visual_pos` must be x1,y1,x2,y2 normalized to \[0, 1\].*example 0, region 0")(
-        lambda arch=arch: forward(arch, visual_pos=model_and_inputs(arch)[1]["visual_pos"] * 600))
+        lambda arch=arch: forward(arch, visual_pos=model_and_inputs(arch)[1]["visual_pos"] * 600)
+    )
     add("nan box", r"`visual_pos` holds NaN or infinite values at example 1, region 0")(
-        lambda arch=arch: forward(arch, **changed(arch, "visual_pos", (1, 0, 3), NAN)))
+        lambda arch=arch: forward(arch, **changed(arch, "visual_pos", (1, 0, 3), NAN))
+    )
     add("x,y,w,h boxes with x2 < x1", r"`visual_pos` must be x1,y1,x2,y2 with x2 >= x1 .*example 0, region 1")(
-        lambda arch=arch: forward(arch, **changed(arch, "visual_pos", (0, 1), torch.tensor([0.5, 0.5, 0.2, 0.2]))))
-    add("nan feature in a padded region (attention weight 0 * nan = nan)",
-        r"`visual_feats` holds NaN or infinite values at example 1, region 2")(
-        lambda arch=arch: forward(arch, **changed(arch, "visual_feats", (1, 2), NAN)))
+        lambda arch=arch: forward(arch, **changed(arch, "visual_pos", (0, 1), torch.tensor([0.5, 0.5, 0.2, 0.2])))
+    )
+    add(
+        "nan feature in a padded region (attention weight 0 * nan = nan)",
+        r"`visual_feats` holds NaN or infinite values at example 1, region 2",
+    )(lambda arch=arch: forward(arch, **changed(arch, "visual_feats", (1, 2), NAN)))
     add("any finite box in a padded region: the real positions' output is unchanged")(
-        lambda arch=arch: padded_box_is_ignored(arch))
+        lambda arch=arch: padded_box_is_ignored(arch)
+    )
 
 
 def padded_box_is_ignored(arch):

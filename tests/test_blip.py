@@ -39,9 +39,17 @@ def tiny_config(image_size=32, vision_width=32, **extra):
         embed_dim=16,
         vision=dict(hidden_size=vision_width, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64),
         text=dict(
-            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=32, bos_token_id=BOS, sep_token_id=SEP, eos_token_id=SEP,
-            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=32,
+            bos_token_id=BOS,
+            sep_token_id=SEP,
+            eos_token_id=SEP,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
         ),
         enc_token_id=ENC,
         **extra,
@@ -122,14 +130,22 @@ def test_transformers_vqa_class_ignores_question_padding():
     with torch.no_grad():
         args = dict(pixel_values=inputs["vqa.pixel_values"], attention_mask=inputs["vqa.question_mask"])
         question = stock.text_encoder(
-            input_ids=inputs["vqa.question_ids"], attention_mask=args["attention_mask"],
+            input_ids=inputs["vqa.question_ids"],
+            attention_mask=args["attention_mask"],
             encoder_hidden_states=stock.vision_model(args["pixel_values"]).last_hidden_state,
         ).last_hidden_state
         stock_logits = stock.text_decoder(
-            input_ids=inputs["vqa.answer_ids"], attention_mask=inputs["vqa.answer_mask"],
-            encoder_hidden_states=question[index], encoder_attention_mask=args["attention_mask"][index],
+            input_ids=inputs["vqa.answer_ids"],
+            attention_mask=inputs["vqa.answer_mask"],
+            encoder_hidden_states=question[index],
+            encoder_attention_mask=args["attention_mask"][index],
         ).logits
-        fixed = ours(input_ids=inputs["vqa.question_ids"], labels=inputs["vqa.answer_labels"], answer_question_index=index, **args)
+        fixed = ours(
+            input_ids=inputs["vqa.question_ids"],
+            labels=inputs["vqa.answer_labels"],
+            answer_question_index=index,
+            **args,
+        )
     reference = load_file(directory / "outputs.safetensors")["vqa.answer_logits"]
     assert (fixed.logits - reference).abs().max() <= 1e-4
     assert (stock_logits - reference).abs().max() > 1e-2
@@ -206,7 +222,9 @@ def test_pretraining_from_a_retrieval_checkpoint_starts_momentum_from_online_wei
     config.use_momentum_distillation, config.queue_size = True, 4
     model, info = BlipForPreTraining.from_pretrained(tmp_path, config=config, output_loading_info=True)
     assert any(key.startswith("text_encoder_m.") for key in info["missing_keys"])
-    assert torch.equal(model.text_encoder_m.embeddings.word_embeddings.weight, model.text_encoder.embeddings.word_embeddings.weight)
+    assert torch.equal(
+        model.text_encoder_m.embeddings.word_embeddings.weight, model.text_encoder.embeddings.word_embeddings.weight
+    )
     assert torch.equal(model.vision_model_m.embeddings.class_embedding, model.vision_model.embeddings.class_embedding)
     assert not any(p.requires_grad for p in model.vision_model_m.parameters())
 
@@ -216,8 +234,15 @@ def test_retrieval_training_and_rerank():
     model = BlipForImageTextRetrieval(tiny_config(use_momentum_distillation=False))
     pixel_values, input_ids, attention_mask = tiny_batch(batch=4)
     image_ids = torch.tensor([0, 0, 1, 2])  # two captions of image 0
-    step = lambda m: m(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,  # noqa: E731
-                       return_loss=True, image_ids=image_ids).loss
+    step = lambda m: (
+        m(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,  # noqa: E731
+            return_loss=True,
+            image_ids=image_ids,
+        ).loss
+    )
     losses = train_steps(model, step, steps=20)  # ITC needs a few steps to break the symmetry of a fresh model
     assert losses[-1] < losses[0] * 0.8, losses
 
@@ -230,8 +255,11 @@ def test_retrieval_training_and_rerank():
     enc_ids = input_ids.clone()
     enc_ids[:, 0] = ENC
     with torch.no_grad():
-        itm = model(input_ids=enc_ids[text : text + 1], pixel_values=pixel_values[image : image + 1],
-                    attention_mask=attention_mask[text : text + 1]).itm_score[0, 1]
+        itm = model(
+            input_ids=enc_ids[text : text + 1],
+            pixel_values=pixel_values[image : image + 1],
+            attention_mask=attention_mask[text : text + 1],
+        ).itm_score[0, 1]
     expected = itm + scores.itc_similarity[image, text]
     assert torch.allclose(scores.scores_i2t[image, text], expected, atol=1e-5)
 
@@ -241,8 +269,13 @@ def test_retrieval_momentum_queue_holds_image_ids():
     model = BlipForImageTextRetrieval(tiny_config(queue_size=8, use_momentum_distillation=True)).train()
     assert not any(p.requires_grad for p in model.text_encoder_m.parameters())
     pixel_values, input_ids, attention_mask = tiny_batch()
-    output = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, return_loss=True,
-                   image_ids=torch.tensor([5, 5, 6, 7]))
+    output = model(
+        input_ids=input_ids,
+        pixel_values=pixel_values,
+        attention_mask=attention_mask,
+        return_loss=True,
+        image_ids=torch.tensor([5, 5, 6, 7]),
+    )
     assert output.loss.ndim == 0 and output.itm_logits.shape == (12, 2) and output.sim_i2t.shape == (4, 4 + 8)
     assert model.idx_queue[0, :4].tolist() == [5, 5, 6, 7] and int(model.queue_ptr) == 4
 
@@ -253,8 +286,14 @@ def test_vqa_weighted_answers_loss_falls_and_ranking():
     pixel_values, questions, question_mask = tiny_batch(batch=2)
     answers = torch.tensor([[BOS, 10, SEP, PAD], [BOS, 11, 12, SEP], [BOS, 13, SEP, PAD]])
     labels = answers.masked_fill(answers == PAD, -100)
-    batch = dict(input_ids=questions, pixel_values=pixel_values, attention_mask=question_mask, labels=labels,
-                 answer_question_index=torch.tensor([0, 0, 1]), answer_weights=torch.tensor([0.7, 0.3, 1.0]))
+    batch = dict(
+        input_ids=questions,
+        pixel_values=pixel_values,
+        attention_mask=question_mask,
+        labels=labels,
+        answer_question_index=torch.tensor([0, 0, 1]),
+        answer_weights=torch.tensor([0.7, 0.3, 1.0]),
+    )
     output = model(**batch)
     assert output.logits.shape == (3, 4, VOCAB) and output.answer_losses.shape == (3,)
     assert torch.allclose(output.loss, (batch["answer_weights"] * output.answer_losses).sum() / 2)
@@ -268,10 +307,16 @@ def test_vqa_weighted_answers_loss_falls_and_ranking():
     # each kept candidate is scored by its decoder log-likelihood given its own (padded) question
     candidate = ranking.topk_ids[1, 0]
     with torch.no_grad():
-        direct = model(input_ids=questions[1:], pixel_values=pixel_values[1:], attention_mask=question_mask[1:],
-                       labels=labels[candidate : candidate + 1]).answer_losses
+        direct = model(
+            input_ids=questions[1:],
+            pixel_values=pixel_values[1:],
+            attention_mask=question_mask[1:],
+            labels=labels[candidate : candidate + 1],
+        ).answer_losses
     assert torch.allclose(ranking.scores[1, 0], -direct[0], atol=1e-5)
-    generated = model.generate(input_ids=questions, pixel_values=pixel_values, attention_mask=question_mask, max_new_tokens=3)
+    generated = model.generate(
+        input_ids=questions, pixel_values=pixel_values, attention_mask=question_mask, max_new_tokens=3
+    )
     assert generated.shape[0] == 2
 
 
@@ -290,8 +335,10 @@ def test_captioning_loss_falls_and_generates():
     model = BlipForConditionalGeneration(tiny_config())
     pixel_values, input_ids, attention_mask = tiny_batch(batch=2)
     labels = input_ids.masked_fill(attention_mask == 0, -100)
-    losses = train_steps(model, lambda m: m(pixel_values=pixel_values, input_ids=input_ids,
-                                              attention_mask=attention_mask, labels=labels).loss)
+    losses = train_steps(
+        model,
+        lambda m: m(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss,
+    )
     assert losses[-1] < losses[0] * 0.8, losses
     model.eval()
     assert model.generate(pixel_values=pixel_values, max_new_tokens=4).shape[0] == 2
@@ -307,14 +354,19 @@ def test_auto_classes_resolve_to_hf_vlp_heads():
     # transformers has no BLIP pretraining class: `import hf_vlp` fills that Auto class
     assert type(transformers.AutoModelForPreTraining.from_config(config)) is BlipForPreTraining
     # where transformers has its own class, it stays transformers' until the documented opt-in
-    assert type(transformers.AutoModelForVisualQuestionAnswering.from_config(config)) is transformers.BlipForQuestionAnswering
+    assert (
+        type(transformers.AutoModelForVisualQuestionAnswering.from_config(config))
+        is transformers.BlipForQuestionAnswering
+    )
     hf_vlp.use_hf_vlp_classes_for_transformers_models()
     try:
         assert type(transformers.AutoModelForVisualQuestionAnswering.from_config(config)) is BlipForQuestionAnswering
         assert type(transformers.AutoModelForImageTextToText.from_config(config)) is BlipForConditionalGeneration
     finally:
         hf_vlp.use_hf_vlp_classes_for_transformers_models(False)
-    assert type(transformers.AutoModelForImageTextToText.from_config(config)) is transformers.BlipForConditionalGeneration
+    assert (
+        type(transformers.AutoModelForImageTextToText.from_config(config)) is transformers.BlipForConditionalGeneration
+    )
     assert hf_vlp.get_spec("blip").model_class("retrieval") is BlipForImageTextRetrieval
 
 
@@ -373,8 +425,11 @@ def test_converter_rejects_other_architectures(tmp_path):
     torch.save({"model": {"uniter.embeddings.word_embeddings.weight": torch.zeros(4, 2)}}, path)
     with pytest.raises(ConversionError, match="not an original BLIP checkpoint"):
         blip_conversion.convert(path)
-    nlvr = {"visual_encoder.cls_token": torch.zeros(1, 1, 8), "visual_encoder.pos_embed": torch.zeros(1, 5, 8),
-            "cls_head.0.weight": torch.zeros(8, 8)}
+    nlvr = {
+        "visual_encoder.cls_token": torch.zeros(1, 1, 8),
+        "visual_encoder.pos_embed": torch.zeros(1, 5, 8),
+        "cls_head.0.weight": torch.zeros(8, 8),
+    }
     torch.save({"model": nlvr}, path)
     with pytest.raises(ConversionError, match="NLVR2"):
         blip_conversion.convert(path)

@@ -20,8 +20,18 @@ def test_convert_verify_prints_one_line_per_output_and_saves(tmp_path):
     folder = fixture_dir("uniter")
     config = next(folder.glob("*.json"))
     checkpoint = sorted(folder.glob("*.pt"))[0]
-    result = _hf_vlp("convert", "uniter", "--checkpoint", str(checkpoint), "--config", str(config),
-                     "--verify", str(folder), "--output", str(tmp_path / "out"))
+    result = _hf_vlp(
+        "convert",
+        "uniter",
+        "--checkpoint",
+        str(checkpoint),
+        "--config",
+        str(config),
+        "--verify",
+        str(folder),
+        "--output",
+        str(tmp_path / "out"),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = [line for line in result.stdout.splitlines() if ": max_abs_diff=" in line or ": skipped (" in line]
     from safetensors import safe_open
@@ -39,8 +49,18 @@ def test_convert_verify_fails_on_a_corrupted_checkpoint(tmp_path):
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     state["uniter.encoder.layer.0.output.LayerNorm.bias"] += 0.01
     torch.save(state, tmp_path / "corrupted.pt")
-    result = _hf_vlp("convert", "uniter", "--checkpoint", str(tmp_path / "corrupted.pt"), "--config", str(config),
-                     "--verify", str(folder), "--output", str(tmp_path / "out"))
+    result = _hf_vlp(
+        "convert",
+        "uniter",
+        "--checkpoint",
+        str(tmp_path / "corrupted.pt"),
+        "--config",
+        str(config),
+        "--verify",
+        str(folder),
+        "--output",
+        str(tmp_path / "out"),
+    )
     assert result.returncode != 0
     assert "FAIL" in result.stdout and not (tmp_path / "out").exists()
 
@@ -74,14 +94,32 @@ def _bad_invocations(tmp_path):
         ("push: bad JSON config", ["push", "--model", f"{t}/badjson", "--repo_id", "a/b"], "config.json"),
         ("push: unknown architecture", ["push", "--model", f"{t}/unknown", "--repo_id", "a/b"], "'bert'"),
         ("push: bad timeout", ["push", "--model", f"{t}/empty", "--repo_id", "a/b", "--timeout", "-1"], "timeout"),
-        ("push: bad timeout type", ["push", "--model", f"{t}/empty", "--repo_id", "a/b", "--timeout", "soon"], "--timeout"),
+        (
+            "push: bad timeout type",
+            ["push", "--model", f"{t}/empty", "--repo_id", "a/b", "--timeout", "soon"],
+            "--timeout",
+        ),
         ("convert: unknown architecture", ["convert", "nosucharch", "--checkpoint", checkpoint], "nosucharch"),
-        ("convert: bad checkpoint file", ["convert", "uniter", "--checkpoint", f"{t}/garbage.pt", "--config", config],
-         "garbage.pt"),
-        ("convert: bad JSON config", ["convert", "uniter", "--checkpoint", checkpoint, "--config", f"{t}/bad.json"], "JSON"),
-        ("convert: missing config", ["convert", "uniter", "--checkpoint", checkpoint, "--config", f"{t}/none.json"],
-         "none.json"),
-        ("convert: unknown --option", ["convert", "uniter", "--checkpoint", checkpoint, "--option", "nosuch=1"], "nosuch"),
+        (
+            "convert: bad checkpoint file",
+            ["convert", "uniter", "--checkpoint", f"{t}/garbage.pt", "--config", config],
+            "garbage.pt",
+        ),
+        (
+            "convert: bad JSON config",
+            ["convert", "uniter", "--checkpoint", checkpoint, "--config", f"{t}/bad.json"],
+            "JSON",
+        ),
+        (
+            "convert: missing config",
+            ["convert", "uniter", "--checkpoint", checkpoint, "--config", f"{t}/none.json"],
+            "none.json",
+        ),
+        (
+            "convert: unknown --option",
+            ["convert", "uniter", "--checkpoint", checkpoint, "--option", "nosuch=1"],
+            "nosuch",
+        ),
         ("eval: no such model folder", ["eval", "--model", f"{t}/nowhere"], "nowhere"),
         ("eval: bad --num_images", ["eval", "--model", f"{t}/empty", "--num_images", "many"], "--num_images"),
         ("bench: unknown architecture", ["bench", "nosucharch"], "nosucharch"),
@@ -142,8 +180,9 @@ def test_option_typos_are_errors_in_every_subcommand(capsys):
 def test_debug_shows_the_traceback_and_the_console_script_prints_one_line(tmp_path):
     result = _hf_vlp("push", "--model", str(tmp_path / "nowhere"), "--repo_id", "a/b")
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [f"hf-vlp push: error: --model {tmp_path / 'nowhere'}: no such folder "
-                                                  "(--debug shows the traceback)"]
+    assert result.stderr.strip().splitlines() == [
+        f"hf-vlp push: error: --model {tmp_path / 'nowhere'}: no such folder (--debug shows the traceback)"
+    ]
     debug = _hf_vlp("push", "--model", str(tmp_path / "nowhere"), "--repo_id", "a/b", "--debug")
     assert debug.returncode != 0
     assert "Traceback (most recent call last)" in debug.stderr and "ValueError" in debug.stderr

@@ -78,9 +78,19 @@ def _cases(check, only=None):
 # tiny models and inputs from the spec
 # ------------------------------------------------------------------------------------------------------------------
 
-_WIDTH = {"hidden_size": 32, "v_hidden_size": 32, "co_hidden_size": 32, "bi_hidden_size": 32, "d_model": 32,
-          "pooler_output_size": 32, "intermediate_size": 64, "v_intermediate_size": 64, "co_intermediate_size": 64,
-          "d_ff": 64, "d_kv": 16}
+_WIDTH = {
+    "hidden_size": 32,
+    "v_hidden_size": 32,
+    "co_hidden_size": 32,
+    "bi_hidden_size": 32,
+    "d_model": 32,
+    "pooler_output_size": 32,
+    "intermediate_size": 64,
+    "v_intermediate_size": 64,
+    "co_intermediate_size": 64,
+    "d_ff": 64,
+    "d_kv": 16,
+}
 
 
 def _shrink(sizes):
@@ -266,10 +276,14 @@ def _loss_and_gradients(model, inputs):
 
 @pytest.mark.parametrize(
     "arch, task, reentrant",
-    [pytest.param(*case.values, False, marks=case.marks, id=f"{case.id}-non_reentrant")
-     for case in _cases("gradient_checkpointing")]
-    + [pytest.param(*case.values, True, marks=case.marks, id=f"{case.id}-reentrant")
-       for case in _cases("gradient_checkpointing_reentrant")],
+    [
+        pytest.param(*case.values, False, marks=case.marks, id=f"{case.id}-non_reentrant")
+        for case in _cases("gradient_checkpointing")
+    ]
+    + [
+        pytest.param(*case.values, True, marks=case.marks, id=f"{case.id}-reentrant")
+        for case in _cases("gradient_checkpointing_reentrant")
+    ],
 )
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(arch, task, reentrant):
     model = tiny_model(arch, task)
@@ -319,8 +333,10 @@ def _pad_regions(value, rng):
 def _padded(arch, inputs, config):
     text_config = getattr(config, "text_config", None) or config
     pad_token_id = getattr(text_config, "pad_token_id", None) or 0
-    padded = {name: _pad_text(name, value, pad_token_id) if torch.is_tensor(value) else value
-              for name, value in inputs.items()}
+    padded = {
+        name: _pad_text(name, value, pad_token_id) if torch.is_tensor(value) else value
+        for name, value in inputs.items()
+    }
     if hf_vlp.get_spec(arch).inputs is InputKind.REGIONS:
         rng = torch.Generator().manual_seed(1)
         for name, value in inputs.items():
@@ -362,8 +378,11 @@ def test_padded_tokens_and_regions_leave_real_positions_unchanged(arch, task):
         padded = actual[name]
         if padded.shape != value.shape:
             dims = [d for d in range(value.ndim) if padded.shape[d] != value.shape[d]]
-            if len(dims) != 1 or padded.ndim != value.ndim or grown.get(padded.shape[dims[0]] - value.shape[dims[0]]) \
-                    != value.shape[dims[0]]:
+            if (
+                len(dims) != 1
+                or padded.ndim != value.ndim
+                or grown.get(padded.shape[dims[0]] - value.shape[dims[0]]) != value.shape[dims[0]]
+            ):
                 continue  # a single-stream sequence: grew by text and regions together
             padded = padded.narrow(dims[0], 0, value.shape[dims[0]])
         torch.testing.assert_close(padded, value, atol=1e-5, rtol=1e-4, msg=name)
@@ -414,15 +433,24 @@ CLIP_FIELDS = (
 BLIP_FIELDS = (("vision_hidden_states", "text_hidden_states"), ("vision_attentions", "text_attentions"))
 # architecture, or (architecture, task) -> (hidden-state fields, attention fields); dotted fields are nested outputs
 OUTPUT_FIELDS = {
-    "uniter": SINGLE_STREAM, "oscar": SINGLE_STREAM, "visual_bert": SINGLE_STREAM, "vilt": SINGLE_STREAM,
-    "vit": SINGLE_STREAM, "vit_representation": SINGLE_STREAM,
-    "vilbert": TWO_STREAM, "ernie_vil": TWO_STREAM,
-    "lxmert": (("language_hidden_states", "vision_hidden_states"),
-               ("language_attentions", "vision_attentions", "cross_encoder_attentions")),
+    "uniter": SINGLE_STREAM,
+    "oscar": SINGLE_STREAM,
+    "visual_bert": SINGLE_STREAM,
+    "vilt": SINGLE_STREAM,
+    "vit": SINGLE_STREAM,
+    "vit_representation": SINGLE_STREAM,
+    "vilbert": TWO_STREAM,
+    "ernie_vil": TWO_STREAM,
+    "lxmert": (
+        ("language_hidden_states", "vision_hidden_states"),
+        ("language_attentions", "vision_attentions", "cross_encoder_attentions"),
+    ),
     "clip": CLIP_FIELDS,
     "clip_resnet": (CLIP_FIELDS[0], ("text_model_output.attentions",)),  # a ResNet tower has no attention
-    "switch_transformers": (("encoder_hidden_states", "decoder_hidden_states"),
-                            ("encoder_attentions", "decoder_attentions", "cross_attentions")),
+    "switch_transformers": (
+        ("encoder_hidden_states", "decoder_hidden_states"),
+        ("encoder_attentions", "decoder_attentions", "cross_attentions"),
+    ),
     ("blip", "pretraining"): BLIP_FIELDS,
     ("blip", "vqa"): BLIP_FIELDS,
     ("blip", "retrieval"): SINGLE_STREAM,  # the ViT's layers (transformers' output)

@@ -37,8 +37,14 @@ def tiny_model():
     from hf_vlp.modeling.uniter import UniterConfig, UniterForPreTraining
 
     config = UniterConfig(
-        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=32, visual_feat_dim=12, num_region_classes=5,
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        visual_feat_dim=12,
+        num_region_classes=5,
     )
     return UniterForPreTraining(config).eval()
 
@@ -50,7 +56,9 @@ def tiny_model():
 
 def test_a_verification_that_compared_nothing_fails():
     reference = {"a": torch.ones(3), "b": torch.ones(2)}
-    skipped = common.compare_outputs({"a": Skipped("other checkpoint"), "b": Skipped("other")}, reference, print_fn=quiet)
+    skipped = common.compare_outputs(
+        {"a": Skipped("other checkpoint"), "b": Skipped("other")}, reference, print_fn=quiet
+    )
     assert not skipped and not skipped.compared and "no output was compared" in skipped.summary()
     empty = common.compare_outputs({"a": torch.ones(3)}, {}, print_fn=quiet)
     assert not empty and "has no outputs" in empty.summary()
@@ -121,8 +129,18 @@ def test_cli_verify_that_compares_nothing_fails_and_saves_nothing(tmp_path, caps
     # the ViT checkpoint skips every `rn.*` output: they need the ResNet checkpoint
     kept_outputs = {k: v for k, v in reference.items() if kept != "nothing" and k.startswith("rn.")}
     save_file(kept_outputs, fixture / "outputs.safetensors")
-    code = cli.main(["convert", "clip", "--checkpoint", str(source / "clip_vit_tiny_state_dict.pt"),
-                     "--verify", str(fixture), "--output", str(tmp_path / "out")])
+    code = cli.main(
+        [
+            "convert",
+            "clip",
+            "--checkpoint",
+            str(source / "clip_vit_tiny_state_dict.pt"),
+            "--verify",
+            str(fixture),
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 1 and "verification FAILED" in out and " ok" not in out.replace("verification FAILED", "")
     assert not (tmp_path / "out").exists()
@@ -136,8 +154,18 @@ def test_cli_card_states_what_was_compared_and_inputs_stay_unchanged(tmp_path, c
     shutil.copytree(fixture_dir("vit"), checkpoints)
     before = tree_hashes(checkpoints)
     output = tmp_path / "converted"
-    code = cli.main(["convert", "vit", "--checkpoint", str(checkpoints / "vit_tiny_norep.npz"), "--verify",
-                     str(checkpoints), "--output", str(output)])
+    code = cli.main(
+        [
+            "convert",
+            "vit",
+            "--checkpoint",
+            str(checkpoints / "vit_tiny_norep.npz"),
+            "--verify",
+            str(checkpoints),
+            "--output",
+            str(output),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert tree_hashes(checkpoints) == before
@@ -159,8 +187,9 @@ def test_lxmert_tolerances_absorb_rounding_at_large_magnitude_but_not_a_porting_
     from hf_vlp.conversion import lxmert
 
     def check(ours, reference):
-        return common.compare_outputs({"x": ours}, {"x": reference}, atol=lxmert.VERIFY_ATOL, rtol=lxmert.VERIFY_RTOL,
-                                      print_fn=quiet)
+        return common.compare_outputs(
+            {"x": ours}, {"x": reference}, atol=lxmert.VERIFY_ATOL, rtol=lxmert.VERIFY_RTOL, print_fn=quiet
+        )
 
     large = torch.tensor([2500.0, -2480.0, 1999.0])
     assert check(large + 2.4e-4, large)
@@ -177,8 +206,11 @@ def test_output_that_is_in_or_around_an_input_folder_is_refused_even_with_overwr
     checkpoint = tmp_path / "run" / "checkpoint"
     checkpoint.mkdir(parents=True)
     (checkpoint / "config.json").write_text("{}")
-    for output, relation in ((checkpoint, "is the input"), (checkpoint / "hf", "is inside the input"),
-                             (tmp_path / "run", "contains the input")):
+    for output, relation in (
+        (checkpoint, "is the input"),
+        (checkpoint / "hf", "is inside the input"),
+        (tmp_path / "run", "contains the input"),
+    ):
         for overwrite in (False, True):
             with pytest.raises(ValueError, match=relation):
                 common.check_output_folder(output, [checkpoint], overwrite=overwrite)
@@ -257,8 +289,11 @@ def test_overwrite_refuses_foreign_weight_files_it_would_not_replace(tmp_path):
 def test_overwrite_removes_only_unchanged_stale_shards_of_an_earlier_hf_vlp_save(tmp_path):
     output = tmp_path / "out"
     output.mkdir()
-    shards = {"model-00001-of-00002.safetensors": b"shard 1", "model-00002-of-00002.safetensors": b"shard 2",
-              "model.safetensors.index.json": b"{}"}
+    shards = {
+        "model-00001-of-00002.safetensors": b"shard 1",
+        "model-00002-of-00002.safetensors": b"shard 2",
+        "model.safetensors.index.json": b"{}",
+    }
     for name, data in shards.items():
         (output / name).write_bytes(data)
     recorded = {name: hashlib.sha256(data).hexdigest() for name, data in shards.items()}
@@ -381,8 +416,16 @@ def test_crafted_archive_is_refused_without_running_anything(crafted_clip_archiv
 def test_cli_refuses_the_crafted_archive_and_writes_nothing(crafted_clip_archive, tmp_path, capsys):
     path, _ = crafted_clip_archive
     before = tree_hashes(tmp_path)
-    argv = ["convert", "clip", "--checkpoint", str(path), "--verify", str(fixture_dir("clip")), "--output",
-            str(tmp_path / "out")]
+    argv = [
+        "convert",
+        "clip",
+        "--checkpoint",
+        str(path),
+        "--verify",
+        str(fixture_dir("clip")),
+        "--output",
+        str(tmp_path / "out"),
+    ]
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
@@ -468,7 +511,11 @@ def test_every_converter_rejects_an_unknown_option_by_name_before_reading_anythi
 
 @pytest.mark.parametrize(
     "arch, typo, suggestion",
-    [("lxmert", "hiden_size", "hidden_size"), ("vilt", "tsk", "task"), ("vilbert", "drop_task_head", "drop_task_heads")],
+    [
+        ("lxmert", "hiden_size", "hidden_size"),
+        ("vilt", "tsk", "task"),
+        ("vilbert", "drop_task_head", "drop_task_heads"),
+    ],
 )
 def test_cli_option_typo_is_an_error_naming_it_and_the_valid_options(arch, typo, suggestion, capsys):
     code = cli.main(["convert", arch, "--checkpoint", "/nonexistent", "--option", f"{typo}=1"])
@@ -489,7 +536,10 @@ def test_cli_unknown_architecture_lists_the_known_ones(capsys):
 
 def test_option_strings_parse_as_json_values():
     assert common.parse_option_strings(["momentum=false", "image_size=384", "task=vqa", "box_feature_kind=null"]) == {
-        "momentum": False, "image_size": 384, "task": "vqa", "box_feature_kind": None,
+        "momentum": False,
+        "image_size": 384,
+        "task": "vqa",
+        "box_feature_kind": None,
     }
     for bad in (["momentum"], ["=1"], ["a=1", "a=2"]):
         with pytest.raises(ValueError, match="--option"):

@@ -94,8 +94,9 @@ def test_fixture_refcoco_painting(fixture, tokenizer, quirks, mode):
     masks = [c["rle"] for c in refcoco["candidates"]] if mode == "mask" else None
     copies = processor.paint_candidates(_image(fixture), boxes=boxes, masks=masks)
     assert len(copies) == len(painting["colored_images"])
-    for copy, path, names, rects in zip(copies, painting["colored_images"], painting["color_names"],
-                                        painting["rects_xyxy"]):
+    for copy, path, names, rects in zip(
+        copies, painting["colored_images"], painting["color_names"], painting["rects_xyxy"]
+    ):
         _assert_same_pixels(copy.image, path)
         assert [c.name for c in copy.colors] == names
         assert copy.rects == rects
@@ -120,9 +121,16 @@ def test_fixture_gqa_painting(fixture, tokenizer):
 @pytest.mark.parametrize("quirks", [False, True])
 def test_fixture_vcr_painting_and_texts(fixture, tokenizer, quirks):
     vcr, boxes = fixture["prompts"]["vcr"], fixture["boxes"]["vcr"]
-    coloring = vcr_coloring(vcr["question_tokens_with_refs"], vcr["answers_with_refs"], vcr["rationales_with_refs"],
-                            boxes["names"], boxes=boxes["boxes_xyxy_score"], n_color=vcr["n_color"],
-                            colors="gqa_vcr_original", original_quirks=quirks)
+    coloring = vcr_coloring(
+        vcr["question_tokens_with_refs"],
+        vcr["answers_with_refs"],
+        vcr["rationales_with_refs"],
+        boxes["names"],
+        boxes=boxes["boxes_xyxy_score"],
+        n_color=vcr["n_color"],
+        colors="gqa_vcr_original",
+        original_quirks=quirks,
+    )
     assert coloring.painted_objects == vcr["painted_object_ids"]
     assert [c.name for c in coloring.painted_colors] == vcr["painted_colors"]
     assert coloring.text_colors == vcr["txt_colors"]
@@ -136,8 +144,9 @@ def test_fixture_vcr_painting_and_texts(fixture, tokenizer, quirks):
 
 def test_fixture_rle_masks_paint_exactly_the_decoded_pixels(fixture):
     image = np.array(_image(fixture))
-    for candidate, path in zip(fixture["boxes"]["refcoco"]["candidates"],
-                               fixture["meta"]["refcoco_painting"]["mask"]["colored_images"]):
+    for candidate, path in zip(
+        fixture["boxes"]["refcoco"]["candidates"], fixture["meta"]["refcoco_painting"]["mask"]["colored_images"]
+    ):
         mask = decode_rle(candidate["rle"])
         assert mask.shape == tuple(candidate["rle"]["size"]) and set(np.unique(mask)) <= {0, 1}
         expected = np.array(Image.open(CPT_DIR / path).convert("RGB"))
@@ -203,11 +212,20 @@ def test_fixture_gqa_and_vcr_tokens(fixture, tokenizer):
     text_a, text_b = processor.gqa_texts(gqa["question"], [gqa["to_mark_entry"][1]])
     assert (text_a, text_b) == (gqa["rewritten_question_text_a"], gqa["text_b"])
     assert insert_colors(gqa["question"], [(span, c) for span, c in gqa["colors_meta_from_prompt_feat"]]) == text_a
-    coloring = vcr_coloring(vcr["question_tokens_with_refs"], vcr["answers_with_refs"], vcr["rationales_with_refs"],
-                            fixture["boxes"]["vcr"]["names"], n_color=vcr["n_color"], colors="gqa_vcr_original")
+    coloring = vcr_coloring(
+        vcr["question_tokens_with_refs"],
+        vcr["answers_with_refs"],
+        vcr["rationales_with_refs"],
+        fixture["boxes"]["vcr"]["names"],
+        n_color=vcr["n_color"],
+        colors="gqa_vcr_original",
+    )
     text_length = tensors["vcr.input_ids"].shape[1]
-    encoded = processor.encode(processor.vcr_texts(vcr["question_tokens_with_refs"], vcr["answers_with_refs"],
-                                                   coloring), max_length=text_length, expected_masks=0)
+    encoded = processor.encode(
+        processor.vcr_texts(vcr["question_tokens_with_refs"], vcr["answers_with_refs"], coloring),
+        max_length=text_length,
+        expected_masks=0,
+    )
     assert encoded["tokens"] == vcr["tokens_per_answer"]
     for name in ("input_ids", "token_type_ids"):
         assert torch.equal(encoded[name], tensors[f"vcr.{name}"])
@@ -224,12 +242,14 @@ def test_fixture_region_geometry(fixture):
     for entry in fixture["prompts"]["vg"]:
         feats = tensors[f"vg.{entry['id']}.img_feats"]
         n = len(boxes["vg"]["boxes_xyxy"])
-        assert torch.allclose(torch.from_numpy(region_geometry(boxes["vg"]["boxes_xyxy"], width, height)),
-                              feats[:n, -6:], atol=1e-6)
+        assert torch.allclose(
+            torch.from_numpy(region_geometry(boxes["vg"]["boxes_xyxy"], width, height)), feats[:n, -6:], atol=1e-6
+        )
     n = len(boxes["vcr"]["boxes_xyxy_score"])
     vcr_geometry = torch.from_numpy(region_geometry([b[:4] for b in boxes["vcr"]["boxes_xyxy_score"]], width, height))
-    assert torch.allclose(vcr_geometry.expand(tensors["vcr.img_feats"].shape[0], -1, -1),
-                          tensors["vcr.img_feats"][:, :n, -6:], atol=1e-6)
+    assert torch.allclose(
+        vcr_geometry.expand(tensors["vcr.img_feats"].shape[0], -1, -1), tensors["vcr.img_feats"][:, :n, -6:], atol=1e-6
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -254,9 +274,14 @@ def _oscar_inputs(tensors, prefix, img_feats=None):
     text_length = input_ids.shape[1]
     mask = tensors[f"{prefix}.attention_mask"]
     feats = tensors[f"{prefix}.img_feats"] if img_feats is None else img_feats
-    return dict(input_ids=input_ids, token_type_ids=tensors[f"{prefix}.token_type_ids"],
-                attention_mask=mask[:, :text_length], visual_feats=feats[..., :-6],
-                visual_pos=feats[..., -6:-2].contiguous(), visual_attention_mask=mask[:, text_length:])
+    return dict(
+        input_ids=input_ids,
+        token_type_ids=tensors[f"{prefix}.token_type_ids"],
+        attention_mask=mask[:, :text_length],
+        visual_feats=feats[..., :-6],
+        visual_pos=feats[..., -6:-2].contiguous(),
+        visual_attention_mask=mask[:, text_length:],
+    )
 
 
 def _ratio_tolerance(ratio, none_logit, atol):
@@ -269,7 +294,9 @@ def test_fixture_refcoco_scores(fixture, oscar_model, tokenizer):
     red, none = scoring["red_token_id"], scoring["none_token_id"]
     assert (cpt.color_token_id(tokenizer, "red"), cpt.color_token_id(tokenizer, "none")) == (red, none)
     with torch.no_grad():
-        logits = cpt.mask_logits(oscar_model, _oscar_inputs(tensors, "refcoco"), tensors["refcoco.mask_token_pos"])[:, 0]
+        logits = cpt.mask_logits(oscar_model, _oscar_inputs(tensors, "refcoco"), tensors["refcoco.mask_token_pos"])[
+            :, 0
+        ]
     assert torch.allclose(logits, tensors["refcoco.mask_logits_full_vocab"], atol=5e-4)
     color_ids = torch.full((logits.shape[0], 1), red)
     zero_shot = cpt.grounding_scores(logits, color_ids)[:, 0]
@@ -305,8 +332,9 @@ def test_fixture_vg_scores(fixture, oscar_model, tokenizer):
         key = f"vg.{entry['id']}"
         rows = tensors[f"{key}.input_ids"].shape[0]
         feats = tensors[f"{key}.img_feats"][None].expand(rows, -1, -1)
-        forward, reverse = cpt.predicate_scores(oscar_model, _oscar_inputs(tensors, key, feats), entry["mask_positions"],
-                                                predicate_ids, max_masks=rows // 2)
+        forward, reverse = cpt.predicate_scores(
+            oscar_model, _oscar_inputs(tensors, key, feats), entry["mask_positions"], predicate_ids, max_masks=rows // 2
+        )
         for ours, name in ((forward, "scores_forward"), (reverse, "scores_reverse")):
             expected = tensors[f"{key}.{name}"]
             full = torch.zeros_like(expected)
@@ -432,8 +460,30 @@ def test_relation_prompts_and_overlap_rule():
 def small_tokenizer(tmp_path_factory):
     from transformers import BertTokenizer
 
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "blue", "none", "is", "in", "color", ".", "the",
-             "circle", "square", "triangle", "a", "shape", "left", "of", "yellow", "green"]
+    words = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        "red",
+        "blue",
+        "none",
+        "is",
+        "in",
+        "color",
+        ".",
+        "the",
+        "circle",
+        "square",
+        "triangle",
+        "a",
+        "shape",
+        "left",
+        "of",
+        "yellow",
+        "green",
+    ]
     path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
     path.write_text("\n".join(words) + "\n")
     return BertTokenizer.from_pretrained(str(path.parent))
@@ -503,8 +553,9 @@ def test_coco_flat_polygons_are_accepted():
     assert expected.any() and np.array_equal(polygon_mask(flat, 32, 24), expected)
     assert np.array_equal(polygon_mask([np.asarray(flat[0])], 32, 24), polygon_mask(pairs[:1], 32, 24))
     image = _random_image()
-    assert np.array_equal(np.array(paint_polygons(image, [flat], [BLUE])),
-                          np.array(paint_polygons(image, [pairs], [BLUE])))
+    assert np.array_equal(
+        np.array(paint_polygons(image, [flat], [BLUE])), np.array(paint_polygons(image, [pairs], [BLUE]))
+    )
     with pytest.raises(ValueError, match="odd length 5"):
         polygon_mask([[2, 2, 12, 3, 8]], 32, 24)
     with pytest.raises(ValueError, match="polygon part 0 must be"):
@@ -518,8 +569,14 @@ def test_non_finite_coordinates_are_errors(small_tokenizer, bad):
     with pytest.raises(ValueError, match="NaN or infinite"):
         processor.paint_candidates(image, boxes=[[0, 0, 8, 8], [bad, 4, 8, 8]])
     with pytest.raises(ValueError, match=r"`boxes_xyxy\[2\]`.*NaN or infinite"):  # not in the painted pair
-        cpt.relation_inputs(processor, image, [[0, 0, 12, 12], [8, 6, 20, 18], [24, 2, bad, 9]], (0, 1),
-                            ["circle", "square", "triangle"], _mean_colour_features)
+        cpt.relation_inputs(
+            processor,
+            image,
+            [[0, 0, 12, 12], [8, 6, 20, 18], [24, 2, bad, 9]],
+            (0, 1),
+            ["circle", "square", "triangle"],
+            _mean_colour_features,
+        )
     copies = processor.paint_candidates(image, boxes=[[0, 0, 8, 8]])
     with pytest.raises(ValueError, match="`target_box.*NaN or infinite"):
         processor.grounding_targets(copies, [0, 0, bad, 8])
@@ -569,17 +626,30 @@ def test_processor_is_a_processor_mixin_whose_options_round_trip(small_tokenizer
     from transformers import ProcessorMixin
 
     colors = [CptColor("blue", (0, 10, 255), 200), CptColor("red", (250, 0, 45), 60)]  # non-default transparency
-    processor = CptProcessor(small_tokenizer, colors=colors, template="the {caption} is [MASK] color.",
-                             max_text_length=24, original_quirks=True)
+    processor = CptProcessor(
+        small_tokenizer,
+        colors=colors,
+        template="the {caption} is [MASK] color.",
+        max_text_length=24,
+        original_quirks=True,
+    )
     assert isinstance(processor, ProcessorMixin)
     processor.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "processor_config.json").read_text())
     assert saved["colors"] == [["blue", [0, 10, 255, 200]], ["red", [250, 0, 45, 60]]]
     assert (saved["template"], saved["max_text_length"], saved["original_quirks"], saved["none_word"]) == (
-        "the {caption} is [MASK] color.", 24, True, "none")
+        "the {caption} is [MASK] color.",
+        24,
+        True,
+        "none",
+    )
     loaded = CptProcessor.from_pretrained(tmp_path)
     assert (loaded.colors, loaded.template, loaded.max_text_length, loaded.original_quirks) == (
-        tuple(colors), processor.template, 24, True)
+        tuple(colors),
+        processor.template,
+        24,
+        True,
+    )
     # the same painted pixels and token ids (quirks: the copy's first mask and first colour word, as released)
     image, boxes = _random_image(), [[0, 0, 8, 8], [10, 4, 8, 8], [20, 10, 8, 8]]
     masks = [np.pad(np.ones((6, 6), np.uint8), ((y, 18 - y), (x, 26 - x))) for x, y in ((1, 1), (11, 5), (21, 11))]
@@ -593,8 +663,10 @@ def test_processor_is_a_processor_mixin_whose_options_round_trip(small_tokenizer
             assert np.array_equal(np.array(a.image), np.array(b.image)) and a.candidates == b.candidates
     # the alpha really is part of the round trip: another transparency paints other pixels
     opaque = CptProcessor(small_tokenizer, colors=[CptColor("blue", (0, 10, 255), 255), colors[1]])
-    assert not np.array_equal(np.array(opaque.paint_candidates(image, boxes=boxes)[0].image),
-                              np.array(loaded.paint_candidates(image, boxes=boxes)[0].image))
+    assert not np.array_equal(
+        np.array(opaque.paint_candidates(image, boxes=boxes)[0].image),
+        np.array(loaded.paint_candidates(image, boxes=boxes)[0].image),
+    )
 
 
 def test_from_pretrained_overrides_options_without_touching_the_tokenizer(small_tokenizer, tmp_path):
@@ -642,8 +714,16 @@ def tiny_uniter(small_tokenizer):
     from hf_vlp.modeling.uniter import UniterConfig, UniterForPreTraining
 
     torch.manual_seed(0)
-    config = UniterConfig(vocab_size=len(small_tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                          intermediate_size=32, visual_feat_dim=3, num_region_classes=4, max_position_embeddings=80)
+    config = UniterConfig(
+        vocab_size=len(small_tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        visual_feat_dim=3,
+        num_region_classes=4,
+        max_position_embeddings=80,
+    )
     return UniterForPreTraining(config).eval()
 
 
@@ -652,14 +732,22 @@ def _mean_colour_features(images, boxes):
     out = []
     for image, image_boxes in zip(images, boxes):
         pixels = np.asarray(image, dtype=np.float32) / 255
-        out.append(np.stack([pixels[int(b[1]):int(b[3]) + 1, int(b[0]):int(b[2]) + 1].mean((0, 1)) for b in image_boxes]))
+        out.append(
+            np.stack([pixels[int(b[1]) : int(b[3]) + 1, int(b[0]) : int(b[2]) + 1].mean((0, 1)) for b in image_boxes])
+        )
     return out
 
 
 def test_mask_logits_match_the_model_head(tiny_uniter, small_tokenizer):
     processor = CptProcessor(small_tokenizer)
-    prepared = cpt.grounding_inputs(processor, _random_image(), [[0, 0, 8, 8], [10, 4, 8, 8]], "the circle",
-                                    _mean_colour_features, labels=["circle", "square"])
+    prepared = cpt.grounding_inputs(
+        processor,
+        _random_image(),
+        [[0, 0, 8, 8], [10, 4, 8, 8]],
+        "the circle",
+        _mean_colour_features,
+        labels=["circle", "square"],
+    )
     with torch.no_grad():
         ours = cpt.mask_logits(tiny_uniter, prepared.inputs, prepared.mask_positions)[:, 0]
         full = tiny_uniter(**prepared.inputs).mlm_logits
@@ -672,10 +760,22 @@ def test_mask_logits_match_the_model_head(tiny_uniter, small_tokenizer):
 
 def test_ground_and_few_shot_tuning(tiny_uniter, small_tokenizer, tmp_path):
     processor = CptProcessor(small_tokenizer)
-    example = dict(image=_random_image(), boxes=[[0, 0, 8, 8], [10, 4, 8, 8], [20, 10, 8, 8]], text="the circle",
-                   labels=["circle", "square", "triangle"], target_index=1)
-    result = cpt.ground(tiny_uniter, processor, example["image"], example["boxes"], example["text"],
-                        _mean_colour_features, labels=example["labels"])
+    example = dict(
+        image=_random_image(),
+        boxes=[[0, 0, 8, 8], [10, 4, 8, 8], [20, 10, 8, 8]],
+        text="the circle",
+        labels=["circle", "square", "triangle"],
+        target_index=1,
+    )
+    result = cpt.ground(
+        tiny_uniter,
+        processor,
+        example["image"],
+        example["boxes"],
+        example["text"],
+        _mean_colour_features,
+        labels=example["labels"],
+    )
     assert result.scores.shape == (3,) and result.best_index == int(result.scores.argmax())
     rows = cpt.grounding_training_rows(processor, [example], _mean_colour_features)
     targets = [int(r["labels"][r["labels"] != -100]) for r in rows]
@@ -686,12 +786,21 @@ def test_ground_and_few_shot_tuning(tiny_uniter, small_tokenizer, tmp_path):
     before = model(**batch).loss.item()
     defaults = cpt.few_shot_training_arguments(str(tmp_path))
     assert (defaults.learning_rate, defaults.num_train_epochs, defaults.adam_beta2) == (3e-5, 40, 0.98)
-    args = cpt.few_shot_training_arguments(str(tmp_path), learning_rate=1e-2, num_train_epochs=3,
-                                           per_device_train_batch_size=2, use_cpu=True)
+    args = cpt.few_shot_training_arguments(
+        str(tmp_path), learning_rate=1e-2, num_train_epochs=3, per_device_train_batch_size=2, use_cpu=True
+    )
     cpt.tune(tiny_uniter, processor, [example], _mean_colour_features, training_args=args)
     assert model(**batch).loss.item() < before
-    ratio = cpt.ground(tiny_uniter, processor, example["image"], example["boxes"], example["text"],
-                       _mean_colour_features, labels=example["labels"], method="ratio")
+    ratio = cpt.ground(
+        tiny_uniter,
+        processor,
+        example["image"],
+        example["boxes"],
+        example["text"],
+        _mean_colour_features,
+        labels=example["labels"],
+        method="ratio",
+    )
     assert ratio.best_index == 1
 
 
@@ -699,13 +808,31 @@ def test_predict_relation(tiny_uniter, small_tokenizer):
     processor = CptProcessor(small_tokenizer)
     boxes = [[0, 0, 12, 12], [8, 6, 20, 18], [24, 2, 30, 9]]
     labels = ["circle", "square", "triangle"]
-    forward, reverse = cpt.predict_relation(tiny_uniter, processor, _random_image(), boxes, (0, 1), labels,
-                                            ["left of", "in", "a"], _mean_colour_features, max_masks=2)
+    forward, reverse = cpt.predict_relation(
+        tiny_uniter,
+        processor,
+        _random_image(),
+        boxes,
+        (0, 1),
+        labels,
+        ["left of", "in", "a"],
+        _mean_colour_features,
+        max_masks=2,
+    )
     assert forward.shape == reverse.shape == (3,)
     assert (forward <= 0).all() and (reverse <= 0).all() and not torch.equal(forward, reverse)
     with pytest.raises(ValueError, match="2 word pieces; prompts were built with 1..1 masks"):
-        cpt.predict_relation(tiny_uniter, processor, _random_image(), boxes, (0, 1), labels, ["left of"],
-                             _mean_colour_features, max_masks=1)
+        cpt.predict_relation(
+            tiny_uniter,
+            processor,
+            _random_image(),
+            boxes,
+            (0, 1),
+            labels,
+            ["left of"],
+            _mean_colour_features,
+            max_masks=1,
+        )
 
 
 def test_unknown_model_family_is_an_error():
@@ -733,24 +860,40 @@ def test_adapters_are_data_keyed_by_architecture_name(tiny_uniter, small_tokeniz
             self.encoder, self.lm_head, self.match_head = tiny_uniter.uniter, tiny_uniter.mlm_head, tiny_uniter.itm_head
 
     monkeypatch.setitem(cpt.ADAPTERS, "renamed_uniter", None)
-    cpt.register_cpt_adapter("renamed_uniter", cpt.CptAdapterSpec(encoder="encoder", mlm_head="lm_head",
-                                                                  matching_head="match_head"))
-    prepared = cpt.grounding_inputs(CptProcessor(small_tokenizer), _random_image(), [[0, 0, 8, 8], [10, 4, 8, 8]],
-                                    "the circle", _mean_colour_features, labels=["circle", "square"])
+    cpt.register_cpt_adapter(
+        "renamed_uniter", cpt.CptAdapterSpec(encoder="encoder", mlm_head="lm_head", matching_head="match_head")
+    )
+    prepared = cpt.grounding_inputs(
+        CptProcessor(small_tokenizer),
+        _random_image(),
+        [[0, 0, 8, 8], [10, 4, 8, 8]],
+        "the circle",
+        _mean_colour_features,
+        labels=["circle", "square"],
+    )
     with torch.no_grad():
         expected = cpt.mask_logits(tiny_uniter, prepared.inputs, prepared.mask_positions)
         assert torch.equal(cpt.mask_logits(Renamed(), prepared.inputs, prepared.mask_positions), expected)
-        assert torch.equal(cpt.answer_scores(Renamed(), prepared.inputs),
-                           cpt.answer_scores(tiny_uniter, prepared.inputs))
+        assert torch.equal(
+            cpt.answer_scores(Renamed(), prepared.inputs), cpt.answer_scores(tiny_uniter, prepared.inputs)
+        )
         # the built-in class keeps working and is the same adapter
-        assert torch.equal(cpt.UniterAdapter(tiny_uniter).mlm_logits(torch.ones(2, 16)),
-                           cpt.adapter_for(tiny_uniter).mlm_logits(torch.ones(2, 16)))
+        assert torch.equal(
+            cpt.UniterAdapter(tiny_uniter).mlm_logits(torch.ones(2, 16)),
+            cpt.adapter_for(tiny_uniter).mlm_logits(torch.ones(2, 16)),
+        )
     # "mismatch": the score is 1 - p[class] (Oscar+'s polluted class)
-    monkeypatch.setitem(cpt.ADAPTERS, "renamed_uniter", cpt.CptAdapterSpec(
-        encoder="encoder", mlm_head="lm_head", matching_head="match_head", matching_class_meaning="mismatch"))
+    monkeypatch.setitem(
+        cpt.ADAPTERS,
+        "renamed_uniter",
+        cpt.CptAdapterSpec(
+            encoder="encoder", mlm_head="lm_head", matching_head="match_head", matching_class_meaning="mismatch"
+        ),
+    )
     with torch.no_grad():
-        assert torch.allclose(cpt.answer_scores(Renamed(), prepared.inputs),
-                              1 - cpt.answer_scores(tiny_uniter, prepared.inputs))
+        assert torch.allclose(
+            cpt.answer_scores(Renamed(), prepared.inputs), 1 - cpt.answer_scores(tiny_uniter, prepared.inputs)
+        )
 
 
 def _nan_features(images, boxes):
@@ -765,8 +908,9 @@ def test_nan_scores_are_an_error_not_a_best_candidate(tiny_uniter, small_tokeniz
     # NaN features are refused by the model's input check (check_visual_inputs) before any score is computed
     with pytest.raises(ValueError, match="`visual_feats` holds NaN or infinite values"):
         cpt.ground(tiny_uniter, processor, _random_image(), boxes, "the circle", _nan_features, labels=labels)
-    prepared = cpt.grounding_inputs(processor, _random_image(), boxes, "the circle", _mean_colour_features,
-                                    labels=labels)
+    prepared = cpt.grounding_inputs(
+        processor, _random_image(), boxes, "the circle", _mean_colour_features, labels=labels
+    )
     logits = torch.zeros(2, len(small_tokenizer))
     logits[0, small_tokenizer.convert_tokens_to_ids("red")] = 1.0  # the `none` logit is 0: the ratio is inf
     none_id = small_tokenizer.convert_tokens_to_ids("none")
@@ -774,8 +918,9 @@ def test_nan_scores_are_an_error_not_a_best_candidate(tiny_uniter, small_tokeniz
     with pytest.raises(ValueError, match="at flat indices \\[0\\].*`none` logit"):
         cpt.candidate_scores(logits, prepared, none_id, method="ratio")
     with pytest.raises(ValueError, match="`visual_feats` holds NaN or infinite values"):
-        cpt.answer_scores(tiny_uniter, cpt.grounding_inputs(processor, _random_image(), boxes, "the circle",
-                                                            _nan_features).inputs)
+        cpt.answer_scores(
+            tiny_uniter, cpt.grounding_inputs(processor, _random_image(), boxes, "the circle", _nan_features).inputs
+        )
 
 
 def test_cli_nan_scores_are_an_error_not_invalid_json(tiny_uniter, small_tokenizer, tmp_path, capsys):
@@ -789,8 +934,20 @@ def test_cli_nan_scores_are_an_error_not_invalid_json(tiny_uniter, small_tokeniz
     np.save(tmp_path / "features.npy", features)
     from hf_vlp.cli import main
 
-    argv = ["cpt", "ground", "--model", str(model_dir), "--image", str(tmp_path / "image.png"), "--boxes",
-            json.dumps(boxes), "--text", "the circle", "--region-features", str(tmp_path / "features.npy")]
+    argv = [
+        "cpt",
+        "ground",
+        "--model",
+        str(model_dir),
+        "--image",
+        str(tmp_path / "image.png"),
+        "--boxes",
+        json.dumps(boxes),
+        "--text",
+        "the circle",
+        "--region-features",
+        str(tmp_path / "features.npy"),
+    ]
     assert main(argv) == 1
     captured = capsys.readouterr()
     last = captured.err.strip().splitlines()[-1]  # after the fixture's progress bars
@@ -808,13 +965,31 @@ def test_cli_ground(tiny_uniter, small_tokenizer, tmp_path, capsys):
     image_path = tmp_path / "image.png"
     _random_image().save(image_path)
     boxes = [[0, 0, 8, 8], [10, 4, 8, 8]]
-    np.save(tmp_path / "features.npy", np.stack(_mean_colour_features([_random_image()] * 2,
-                                                                        [xywh_to_cpt_xyxy(boxes)] * 2)))
+    np.save(
+        tmp_path / "features.npy", np.stack(_mean_colour_features([_random_image()] * 2, [xywh_to_cpt_xyxy(boxes)] * 2))
+    )
     from hf_vlp.cli import main
 
-    code = main(["cpt", "ground", "--model", str(model_dir), "--image", str(image_path), "--boxes", json.dumps(boxes),
-                 "--text", "the circle", "--labels", "circle,square", "--region-features",
-                 str(tmp_path / "features.npy"), "--save-painted", str(tmp_path / "painted")])
+    code = main(
+        [
+            "cpt",
+            "ground",
+            "--model",
+            str(model_dir),
+            "--image",
+            str(image_path),
+            "--boxes",
+            json.dumps(boxes),
+            "--text",
+            "the circle",
+            "--labels",
+            "circle,square",
+            "--region-features",
+            str(tmp_path / "features.npy"),
+            "--save-painted",
+            str(tmp_path / "painted"),
+        ]
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["scores"]) == 2 and out["best_box"] == boxes[out["best_index"]]

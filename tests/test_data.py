@@ -68,19 +68,24 @@ def test_rows_carry_regions_in_pixels_with_detector_style_labels():
 
 
 def test_splits_come_from_disjoint_streams():
-    images = {split: {s.image.tobytes() for s in generate_scenes(40, split=split)}
-              for split in ("train", "validation", "test")}
+    images = {
+        split: {s.image.tobytes() for s in generate_scenes(40, split=split)}
+        for split in ("train", "validation", "test")
+    }
     assert not images["train"] & images["validation"] and not images["train"] & images["test"]
     assert not images["validation"] & images["test"]
 
 
-@pytest.mark.parametrize("kwargs, argument", [
-    ({"task": "vqa2"}, "task"),
-    ({"task": "vqa", "split": "dev"}, "split"),
-    ({"task": "vqa", "num_images": 0}, "num_images"),
-    ({"task": "retrieval", "samples_per_image": 2}, "samples_per_image"),
-    ({"task": "vqa", "seed": -1}, "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        ({"task": "vqa2"}, "task"),
+        ({"task": "vqa", "split": "dev"}, "split"),
+        ({"task": "vqa", "num_images": 0}, "num_images"),
+        ({"task": "retrieval", "samples_per_image": 2}, "samples_per_image"),
+        ({"task": "vqa", "seed": -1}, "seed"),
+    ],
+)
 def test_bad_arguments_raise_value_errors_naming_the_argument(kwargs, argument):
     with pytest.raises(ValueError, match=argument):
         shapes_dataset(with_region_features=False, **kwargs)
@@ -90,9 +95,13 @@ def test_bad_arguments_raise_value_errors_naming_the_argument(kwargs, argument):
 
 
 def _find(row, color=None, shape=None, size=None):
-    return [i for i, (label, c) in enumerate(zip(row["region_labels"], row["region_colors"]))
-            if (shape is None or SHAPES_CLASSES[label] == shape) and (color is None or SHAPES_COLORS[c] == color)
-            and (size is None or _size(row, i) == size)]
+    return [
+        i
+        for i, (label, c) in enumerate(zip(row["region_labels"], row["region_colors"]))
+        if (shape is None or SHAPES_CLASSES[label] == shape)
+        and (color is None or SHAPES_COLORS[c] == color)
+        and (size is None or _size(row, i) == size)
+    ]
 
 
 def _size(row, i):
@@ -169,9 +178,19 @@ def test_nlvr2_pairs_two_images_with_balanced_labels():
     both = [r for r in data if r["text"].startswith("both images contain")]
     for r in both:
         attributes = _parse_description(r["text"])
-        assert r["label"] == int(bool(_find(r, **attributes)) and bool(
-            _find({"region_labels": r["region_labels_2"], "region_colors": r["region_colors_2"],
-                   "boxes": r["boxes_2"]}, **attributes)))
+        assert r["label"] == int(
+            bool(_find(r, **attributes))
+            and bool(
+                _find(
+                    {
+                        "region_labels": r["region_labels_2"],
+                        "region_colors": r["region_colors_2"],
+                        "boxes": r["boxes_2"],
+                    },
+                    **attributes,
+                )
+            )
+        )
 
 
 def test_entailment_labels_are_balanced_and_follow_the_hidden_attribute_rule():
@@ -215,8 +234,9 @@ def test_roi_mean_pool_averages_a_feature_map_over_each_box():
     stride = 8
     centres = (torch.arange(16) + 0.5) * stride
     feature_map = torch.stack([centres.expand(16, 16), centres[:, None].expand(16, 16)])[None].repeat(2, 1, 1, 1)
-    boxes = torch.tensor([[[10.0, 20.0, 50.0, 44.0], [64.0, 8.0, 96.0, 120.0]],
-                          [[30.0, 30.0, 31.0, 31.0], [4.0, 4.0, 124.0, 124.0]]])
+    boxes = torch.tensor(
+        [[[10.0, 20.0, 50.0, 44.0], [64.0, 8.0, 96.0, 120.0]], [[30.0, 30.0, 31.0, 31.0], [4.0, 4.0, 124.0, 124.0]]]
+    )
     pooled = features_module.roi_mean_pool(feature_map, boxes, stride)
     assert pooled.shape == (2, 2, 2)
     expected = torch.stack([(boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2], -1)
@@ -273,11 +293,20 @@ def test_missing_weights_package_raises_an_import_error_with_the_install_command
 def _records(dim=2048):
     rng = np.random.default_rng(0)
     return [
-        {"image_id": 42, "image_width": 640, "image_height": 480,
-         "boxes": np.sort(rng.uniform(0, 400, (36, 2, 2)), axis=1).reshape(36, 4).astype(np.float32),  # x1<=x2
-         "features": rng.random((36, dim), np.float32)},
-        {"image_id": "COCO_val2014_7", "image_width": 100, "image_height": 50,
-         "boxes": np.zeros((0, 4), np.float32), "features": np.zeros((0, dim), np.float32)},
+        {
+            "image_id": 42,
+            "image_width": 640,
+            "image_height": 480,
+            "boxes": np.sort(rng.uniform(0, 400, (36, 2, 2)), axis=1).reshape(36, 4).astype(np.float32),  # x1<=x2
+            "features": rng.random((36, dim), np.float32),
+        },
+        {
+            "image_id": "COCO_val2014_7",
+            "image_width": 100,
+            "image_height": 50,
+            "boxes": np.zeros((0, 4), np.float32),
+            "features": np.zeros((0, dim), np.float32),
+        },
     ]
 
 
@@ -309,8 +338,14 @@ def test_bua_tsv_errors_name_the_bad_column(tmp_path):
 def test_npz_reader_accepts_both_key_conventions(tmp_path):
     record = _records(dim=16)[0]
     np.savez(tmp_path / "42.npz", x=record["features"], bbox=record["boxes"], image_w=640, image_h=480, num_bbox=36)
-    np.savez(tmp_path / "other.npz", features=record["features"][:3], boxes=record["boxes"][:3],
-             image_width=10, image_height=20, image_id=7)
+    np.savez(
+        tmp_path / "other.npz",
+        features=record["features"][:3],
+        boxes=record["boxes"][:3],
+        image_width=10,
+        image_height=20,
+        image_id=7,
+    )
     first, second = read_npz_features(tmp_path)
     assert (first["image_id"], first["image_width"], first["image_height"]) == (42, 640, 480)
     np.testing.assert_array_equal(first["features"], record["features"])
@@ -330,10 +365,17 @@ def test_npz_reader_errors_name_the_missing_key_and_bad_counts(tmp_path):
 
 
 def test_coco_captions_one_row_per_caption_with_region_features(tmp_path):
-    coco = {"images": [{"id": 42, "file_name": "a.jpg", "width": 640, "height": 480},
-                       {"id": 7, "file_name": "b.jpg", "width": 100, "height": 50}],
-            "annotations": [{"id": 1, "image_id": 42, "caption": " A dog. "}, {"id": 2, "image_id": 42, "caption": "x"},
-                            {"id": 3, "image_id": 7, "caption": "y"}]}
+    coco = {
+        "images": [
+            {"id": 42, "file_name": "a.jpg", "width": 640, "height": 480},
+            {"id": 7, "file_name": "b.jpg", "width": 100, "height": 50},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 42, "caption": " A dog. "},
+            {"id": 2, "image_id": 42, "caption": "x"},
+            {"id": 3, "image_id": 7, "caption": "y"},
+        ],
+    }
     (tmp_path / "captions.json").write_text(json.dumps(coco))
     regions = [{**record, "image_id": image_id} for record, image_id in zip(_records(dim=8), [42, 7])]
     data = load_coco_captions(tmp_path / "captions.json", region_features=regions)
@@ -350,13 +392,25 @@ def test_coco_captions_one_row_per_caption_with_region_features(tmp_path):
 
 
 def test_vqa_v2_soft_scores_normalisation_and_vocabulary(tmp_path):
-    questions = {"questions": [{"image_id": 42, "question": "How many dogs?", "question_id": 1},
-                               {"image_id": 7, "question": "Is it red?", "question_id": 2}]}
+    questions = {
+        "questions": [
+            {"image_id": 42, "question": "How many dogs?", "question_id": 1},
+            {"image_id": 7, "question": "Is it red?", "question_id": 2},
+        ]
+    }
     answers_1 = ["Two"] * 3 + ["2."] + ["three"] * 3 + ["4"] * 2 + ["five"]
-    annotations = {"annotations": [
-        {"question_id": 1, "answers": [{"answer": a} for a in answers_1], "multiple_choice_answer": "two",
-         "question_type": "how many", "answer_type": "number"},
-        {"question_id": 2, "answers": [{"answer": "Yes"}] * 10, "multiple_choice_answer": "yes"}]}
+    annotations = {
+        "annotations": [
+            {
+                "question_id": 1,
+                "answers": [{"answer": a} for a in answers_1],
+                "multiple_choice_answer": "two",
+                "question_type": "how many",
+                "answer_type": "number",
+            },
+            {"question_id": 2, "answers": [{"answer": "Yes"}] * 10, "multiple_choice_answer": "yes"},
+        ]
+    }
     (tmp_path / "q.json").write_text(json.dumps(questions))
     (tmp_path / "a.json").write_text(json.dumps(annotations))
     data = load_vqa_v2(tmp_path / "q.json", tmp_path / "a.json")
@@ -379,10 +433,19 @@ def test_vqa_scores_match_the_official_leave_one_out_rule():
         assert vqa_answer_scores(answers)["a"] == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("raw, normalised", [
-    ("Two dogs.", "2 dogs"), ("the Red", "red"), ("dont know", "don't know"), ("1,000", "1000"),
-    ("3.5", "3.5"), ("yes!", "yes"), ("black/white", "black white"), ("  A  cat ", "cat"),
-])
+@pytest.mark.parametrize(
+    "raw, normalised",
+    [
+        ("Two dogs.", "2 dogs"),
+        ("the Red", "red"),
+        ("dont know", "don't know"),
+        ("1,000", "1000"),
+        ("3.5", "3.5"),
+        ("yes!", "yes"),
+        ("black/white", "black white"),
+        ("  A  cat ", "cat"),
+    ],
+)
 def test_answer_normalisation(raw, normalised):
     assert normalize_answer(raw) == normalised
 

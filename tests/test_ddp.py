@@ -31,7 +31,9 @@ def test_two_process_ddp_matches_one_process_on_the_global_batch(tmp_path):
     rank1 = torch.load(double / "weights_rank1.pt")
     for name, value in reference.items():
         assert torch.equal(rank0[name], rank1[name]), f"ranks differ on {name}"
-        torch.testing.assert_close(rank0[name], value, atol=2e-5, rtol=1e-4, msg=f"DDP differs from 1 process on {name}")
+        torch.testing.assert_close(
+            rank0[name], value, atol=2e-5, rtol=1e-4, msg=f"DDP differs from 1 process on {name}"
+        )
     single_losses = json.loads((single / "losses.json").read_text())
     double_losses = json.loads((double / "losses.json").read_text())
     assert len(single_losses) == len(double_losses) == 3

@@ -146,7 +146,10 @@ def test_malformed_tensor_files_raise():
 
 
 def test_parameter_folder_round_trip(tmp_path):
-    params = {"word_embedding": np.random.rand(4, 3).astype(np.float32), "encoder_layer_0_ffn_fc_0.b_0": np.zeros(5, np.float32)}
+    params = {
+        "word_embedding": np.random.rand(4, 3).astype(np.float32),
+        "encoder_layer_0_ffn_fc_0.b_0": np.zeros(5, np.float32),
+    }
     write_paddle_params(tmp_path, params)
     (tmp_path / "__model__").write_bytes(b"program")  # program description files are skipped
     read = read_paddle_params(tmp_path)
@@ -162,8 +165,14 @@ def test_parameter_folder_round_trip(tmp_path):
 
 @pytest.mark.parametrize(
     "model_class",
-    [ErnieVilModel, ErnieVilForPreTraining, ErnieVilForVisualQuestionAnswering, ErnieVilForMultipleChoice,
-     ErnieVilForImageTextRetrieval, ErnieVilForReferringExpression],
+    [
+        ErnieVilModel,
+        ErnieVilForPreTraining,
+        ErnieVilForVisualQuestionAnswering,
+        ErnieVilForMultipleChoice,
+        ErnieVilForImageTextRetrieval,
+        ErnieVilForReferringExpression,
+    ],
     ids=lambda c: c.__name__,
 )
 def test_release_layout_round_trip(tmp_path, model_class):
@@ -181,7 +190,9 @@ def test_release_layout_round_trip(tmp_path, model_class):
 
 
 def _layer_norm(x, params, name):
-    return F.layer_norm(x, x.shape[-1:], params[name + "_layer_norm_scale"], params[name + "_layer_norm_bias"], eps=1e-5)
+    return F.layer_norm(
+        x, x.shape[-1:], params[name + "_layer_norm_scale"], params[name + "_layer_norm_bias"], eps=1e-5
+    )
 
 
 def _fc(x, params, name, weight=".w_0", bias=".b_0"):
@@ -203,7 +214,9 @@ def _ffn(x, params, name):
 
 
 def _layer(x, bias, params, name, heads):
-    attended = _layer_norm(x + _attention(x, x, bias, params, name + "_multi_head_att", heads), params, name + "_post_att")
+    attended = _layer_norm(
+        x + _attention(x, x, bias, params, name + "_multi_head_att", heads), params, name + "_post_att"
+    )
     return _layer_norm(attended + _ffn(attended, params, name + "_ffn"), params, name + "_post_ffn")
 
 
@@ -238,7 +251,13 @@ def paddle_reference_forward(params, config, feed):
     visual = _layer(visual, image_bias, p, f"encoder_vlayer_{v_end}", config.v_num_attention_heads)
     pooled_text = torch.relu(_fc(text[:, 0], p, "pooled_fc_text"))
     pooled_image = torch.relu(_fc(visual[:, 0], p, "pooled_fc_image"))
-    return dict(enc_out=text, enc_vl_out=visual, pooled_text=pooled_text, pooled_image=pooled_image, fused=pooled_text * pooled_image)
+    return dict(
+        enc_out=text,
+        enc_vl_out=visual,
+        pooled_text=pooled_text,
+        pooled_image=pooled_image,
+        fused=pooled_text * pooled_image,
+    )
 
 
 def paddle_feed(batch):
@@ -271,8 +290,12 @@ def test_converted_model_matches_an_independent_paddle_semantics_forward(tmp_pat
     with torch.no_grad():
         ours = converted(**batch)
     text_valid, visual_valid = batch["attention_mask"].bool(), batch["visual_attention_mask"].bool()
-    torch.testing.assert_close(ours.text_hidden_state[text_valid].double(), reference["enc_out"][text_valid], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ours.visual_hidden_state[visual_valid].double(), reference["enc_vl_out"][visual_valid], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        ours.text_hidden_state[text_valid].double(), reference["enc_out"][text_valid], atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(
+        ours.visual_hidden_state[visual_valid].double(), reference["enc_vl_out"][visual_valid], atol=1e-5, rtol=1e-5
+    )
     torch.testing.assert_close(ours.pooler_output.double(), reference["fused"], atol=1e-5, rtol=1e-5)
 
     # the same comparison through the --verify contract (docs/ernie_vil.md: what to dump from the Paddle program)
@@ -287,11 +310,14 @@ def test_optimizer_state_is_dropped_and_unknown_names_refused(tmp_path):
     torch.manual_seed(0)
     model = ErnieVilForMultipleChoice(tiny_config())
     folder = release_folder(tmp_path, model)
-    write_paddle_params(folder / "params", {
-        "word_embedding_moment1_0": np.zeros((60, 16), np.float32),
-        "word_embedding_beta1_pow_acc_0": np.ones(1, np.float32),
-        "learning_rate_0": np.ones(1, np.float32),
-    })
+    write_paddle_params(
+        folder / "params",
+        {
+            "word_embedding_moment1_0": np.zeros((60, 16), np.float32),
+            "word_embedding_beta1_pow_acc_0": np.ones(1, np.float32),
+            "learning_rate_0": np.ones(1, np.float32),
+        },
+    )
     converted = conversion.convert(folder)
     torch.testing.assert_close(converted.pair_scorer.weight, model.pair_scorer.weight)
     write_paddle_params(folder / "params", {"img_attr_fc.w_0": np.zeros((24, 3), np.float32)})
@@ -305,7 +331,9 @@ def test_two_vcr_heads_need_a_task_prefix(tmp_path):
     torch.manual_seed(0)
     model = ErnieVilForMultipleChoice(tiny_config())
     folder = release_folder(tmp_path, model, task_prefix="vcr_qa")
-    write_paddle_params(folder / "params", {"vcr_qar_fc.w_0": np.zeros((8, 1), np.float32), "vcr_qar_fc.b_0": np.ones(1, np.float32)})
+    write_paddle_params(
+        folder / "params", {"vcr_qar_fc.w_0": np.zeros((8, 1), np.float32), "vcr_qar_fc.b_0": np.ones(1, np.float32)}
+    )
     with pytest.raises(ConversionError, match="task_prefix"):
         conversion.convert(folder)
     qar = conversion.convert(folder, task_prefix="vcr_qar")
@@ -390,11 +418,24 @@ def test_dependency_scene_graph_parser_rules():
 
     caption = "A man riding a brown horse on the beach and a red ball sitting on the grass."
     rows = [
-        ("A", "DET", "det", 1), ("man", "NOUN", "ROOT", 1), ("riding", "VERB", "acl", 1), ("a", "DET", "det", 5),
-        ("brown", "ADJ", "amod", 5), ("horse", "NOUN", "dobj", 2), ("on", "ADP", "prep", 2), ("the", "DET", "det", 8),
-        ("beach", "NOUN", "pobj", 6), ("and", "CCONJ", "cc", 1), ("a", "DET", "det", 12), ("red", "ADJ", "amod", 12),
-        ("ball", "NOUN", "conj", 1), ("sitting", "VERB", "acl", 12), ("on", "ADP", "prep", 13),
-        ("the", "DET", "det", 16), ("grass", "NOUN", "pobj", 14), (".", "PUNCT", "punct", 1),
+        ("A", "DET", "det", 1),
+        ("man", "NOUN", "ROOT", 1),
+        ("riding", "VERB", "acl", 1),
+        ("a", "DET", "det", 5),
+        ("brown", "ADJ", "amod", 5),
+        ("horse", "NOUN", "dobj", 2),
+        ("on", "ADP", "prep", 2),
+        ("the", "DET", "det", 8),
+        ("beach", "NOUN", "pobj", 6),
+        ("and", "CCONJ", "cc", 1),
+        ("a", "DET", "det", 12),
+        ("red", "ADJ", "amod", 12),
+        ("ball", "NOUN", "conj", 1),
+        ("sitting", "VERB", "acl", 12),
+        ("on", "ADP", "prep", 13),
+        ("the", "DET", "det", 16),
+        ("grass", "NOUN", "pobj", 14),
+        (".", "PUNCT", "punct", 1),
     ]
     parser = SpacySceneGraphParser(lambda text: _fake_parse(text, rows))
     objects, attributes, relations = _spans(caption, parser(caption))
@@ -420,7 +461,9 @@ def test_spacy_scene_graph_parser():
 
 
 def test_scene_graph_targets_label_the_parsed_words(bert_tokenizer):
-    builder = SceneGraphTargetBuilder(bert_tokenizer, object_probability=1.0, attribute_probability=1.0, relation_probability=1.0)
+    builder = SceneGraphTargetBuilder(
+        bert_tokenizer, object_probability=1.0, attribute_probability=1.0, relation_probability=1.0
+    )
     captions = ["a small red circle to the left of two blue squares", "a green cross"]
     out = builder(captions, itm_labels=torch.tensor([1, 1]))
     original = bert_tokenizer(captions, padding=True, return_tensors="pt")["input_ids"]
@@ -442,7 +485,14 @@ def test_each_pretraining_loss_falls_including_scene_graph_prediction(bert_token
     config = tiny_config(vocab_size=len(bert_tokenizer), max_position_embeddings=32, co_hidden_size=16)
     model = ErnieVilForPreTraining(config).train()
     captions = ["a small red circle to the left of two blue squares", "a man riding a brown horse on the beach"]
-    builder = SceneGraphTargetBuilder(bert_tokenizer, object_probability=0.6, attribute_probability=0.6, relation_probability=1.0, mlm_probability=0.3, seed=3)
+    builder = SceneGraphTargetBuilder(
+        bert_tokenizer,
+        object_probability=0.6,
+        attribute_probability=0.6,
+        relation_probability=1.0,
+        mlm_probability=0.3,
+        seed=3,
+    )
     text = builder(captions)
     for name in ("object_labels", "attribute_labels", "relation_labels", "labels"):
         assert (text[name] != -100).any(), name
@@ -450,7 +500,11 @@ def test_each_pretraining_loss_falls_including_scene_graph_prediction(bert_token
     region_mask = torch.zeros(2, 4, dtype=torch.bool)
     region_mask[:, 1] = True
     inputs = {**{k: v for k, v in regions.items() if k.startswith("visual_")}, **text}
-    labels = dict(region_mask=region_mask, region_soft_labels=torch.softmax(3 * torch.randn(2, 4, 7), -1), itm_labels=torch.tensor([1, 0]))
+    labels = dict(
+        region_mask=region_mask,
+        region_soft_labels=torch.softmax(3 * torch.randn(2, 4, 7), -1),
+        itm_labels=torch.tensor([1, 0]),
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)  # a 30522-word softmax on a 16-wide model
     names = ("mlm_loss", "object_loss", "attribute_loss", "relation_loss", "mrc_loss", "itm_loss")
     first = None
@@ -480,7 +534,11 @@ def test_heads_return_loss_and_logits():
     assert retrieval.logits.shape == (3,) and torch.isfinite(retrieval.loss)
     refexp = ErnieVilForReferringExpression(config)(**batch, labels=torch.tensor([1, 2, 0]))
     assert refexp.logits.shape == (3, 5) and (refexp.logits[2, -2:] == torch.finfo(torch.float32).min).all()
-    choices = {k: v[:, None].expand(3, 4, -1) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    choices = {
+        k: v[:, None].expand(3, 4, -1)
+        for k, v in batch.items()
+        if k in ("input_ids", "attention_mask", "token_type_ids")
+    }
     choices.update({k: v for k, v in batch.items() if k.startswith("visual_")})
     vcr = ErnieVilForMultipleChoice(config)(**choices, labels=torch.tensor([0, 3, 1]))
     assert vcr.logits.shape == (3, 4) and torch.isfinite(vcr.loss)
@@ -504,7 +562,9 @@ def test_sdpa_equals_eager_and_auto_round_trip(tmp_path):
         torch.testing.assert_close(reloaded(**batch).mlm_logits, sdpa, atol=1e-5, rtol=1e-5)
     assert isinstance(transformers.AutoModel.from_pretrained(tmp_path), ErnieVilModel)
     assert isinstance(transformers.AutoModelForMultipleChoice.from_pretrained(tmp_path), ErnieVilForMultipleChoice)
-    assert isinstance(transformers.AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path), ErnieVilForVisualQuestionAnswering)
+    assert isinstance(
+        transformers.AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path), ErnieVilForVisualQuestionAnswering
+    )
     config = transformers.AutoConfig.from_pretrained(tmp_path)
     assert config.bi_hidden_size == config.co_hidden_size == 8  # the ViLBERT modules read ERNIE-ViL's fields
 
@@ -534,7 +594,11 @@ def test_remote_code_bundle_loads_without_hf_vlp(tmp_path):
     model = ErnieVilForMultipleChoice(tiny_config()).eval()
     save_for_hub(model, None, tmp_path / "repo")
     batch = tiny_batch()
-    choices = {k: v[:, None].expand(3, 2, -1).contiguous() for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    choices = {
+        k: v[:, None].expand(3, 2, -1).contiguous()
+        for k, v in batch.items()
+        if k in ("input_ids", "attention_mask", "token_type_ids")
+    }
     choices.update({k: v for k, v in batch.items() if k.startswith("visual_")})
     torch.save(choices, tmp_path / "inputs.pt")
     with torch.no_grad():
@@ -548,14 +612,16 @@ class BlockHfVlp:
 sys.meta_path.insert(0, BlockHfVlp())
 import torch
 from transformers import AutoModelForMultipleChoice
-model = AutoModelForMultipleChoice.from_pretrained(r"{tmp_path / 'repo'}", trust_remote_code=True).eval()
+model = AutoModelForMultipleChoice.from_pretrained(r"{tmp_path / "repo"}", trust_remote_code=True).eval()
 assert "hf_vlp" not in type(model).__module__
 with torch.no_grad():
-    logits = model(**torch.load(r"{tmp_path / 'inputs.pt'}")).logits
-print("max_abs_diff", (logits - torch.load(r"{tmp_path / 'logits.pt'}")).abs().max().item())
+    logits = model(**torch.load(r"{tmp_path / "inputs.pt"}")).logits
+print("max_abs_diff", (logits - torch.load(r"{tmp_path / "logits.pt"}")).abs().max().item())
 """
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "max_abs_diff 0.0" in result.stdout
 
@@ -580,7 +646,9 @@ def test_pretraining_collator_feeds_every_objective(bert_tokenizer):
     ]
     processor = ErnieVilProcessor(tokenizer=bert_tokenizer)
     region = DataCollatorForVLPretraining(processor, objectives=("mrc_kl", "itm"), itm_negative_probability=0.25)
-    targets = SceneGraphTargetBuilder(bert_tokenizer, object_probability=1.0, attribute_probability=0.5, relation_probability=1.0)
+    targets = SceneGraphTargetBuilder(
+        bert_tokenizer, object_probability=1.0, attribute_probability=0.5, relation_probability=1.0
+    )
     batch = DataCollatorForErnieVilPretraining(region, targets)(rows)
     assert batch["visual_feats"].shape == (4, 4, FEATURES)  # whole-image region added
     matched = batch["itm_labels"] == 1

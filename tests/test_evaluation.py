@@ -20,15 +20,17 @@ def rows_with_images(num_images=6, questions_per_image=2):
     rows = []
     for image in range(num_images):
         for q in range(questions_per_image):
-            rows.append({
-                "image_id": f"img{image}",
-                "image_width": 10 + image,
-                "boxes": [[image, 0, image + 1, 1]],
-                "region_features": [[float(image)]],
-                "question": f"q{q}",
-                "question_type": "color" if q == 0 else "count",
-                "answer": f"a{image}" if q == 0 else "two",
-            })
+            rows.append(
+                {
+                    "image_id": f"img{image}",
+                    "image_width": 10 + image,
+                    "boxes": [[image, 0, image + 1, 1]],
+                    "region_features": [[float(image)]],
+                    "question": f"q{q}",
+                    "question_type": "color" if q == 0 else "count",
+                    "answer": f"a{image}" if q == 0 else "two",
+                }
+            )
     return rows
 
 
@@ -161,8 +163,13 @@ def test_evaluate_task_reports_each_task_next_to_its_controls():
     for row in rows:  # the image decides every label / target
         image = int(row["image_id"][3:])
         row.update(label=image % 2, target_index=image % 2, text=f"t{image}", boxes=[[0, 0, 1, 1]] * 4)
-    nlvr2 = evaluate_task(ReadsTheRegion(6), FakeTaskCollator("label"), [{**r, "region_features": [[r["label"]]]}
-                                                                          for r in rows], "nlvr2", train=rows)
+    nlvr2 = evaluate_task(
+        ReadsTheRegion(6),
+        FakeTaskCollator("label"),
+        [{**r, "region_features": [[r["label"]]]} for r in rows],
+        "nlvr2",
+        train=rows,
+    )
     assert nlvr2.accuracy[OVERALL] == 1.0 and nlvr2.controls["prior"][OVERALL] == 0.5
     assert nlvr2.controls["shuffled"][OVERALL] < 1.0
     refexp_rows = [{**r, "region_features": [[r["target_index"]]]} for r in rows]
@@ -204,12 +211,14 @@ def test_the_small_recipe_trained_on_colour_questions_looks_at_the_image(tmp_pat
     torch.manual_seed(0)
     tokenizer = shapes_tokenizer()
     processor = build_processor("uniter", tokenizer)
-    config = build_config("uniter", tokenizer, len(train[0]["region_features"][0]), SMALL_SIZES,
-                          num_labels=len(SHAPES_VQA_ANSWERS))
+    config = build_config(
+        "uniter", tokenizer, len(train[0]["region_features"][0]), SMALL_SIZES, num_labels=len(SHAPES_VQA_ANSWERS)
+    )
     model = UniterForVisualQuestionAnswering(config)
     collator = DataCollatorForVLTask(processor, "vqa", num_labels=len(SHAPES_VQA_ANSWERS))
-    arguments = training_arguments(tmp_path, max_steps=500, learning_rate=1e-3, use_cpu=True, disable_tqdm=True,
-                                   logging_steps=1000)
+    arguments = training_arguments(
+        tmp_path, max_steps=500, learning_rate=1e-3, use_cpu=True, disable_tqdm=True, logging_steps=1000
+    )
     VLPTrainer(model=model, args=arguments, train_dataset=train, data_collator=collator).train()
 
     report = classification_controls(classifier_predict(model, collator, SHAPES_VQA_ANSWERS), train, test)
@@ -227,9 +236,17 @@ def test_the_task_collator_keeps_each_question_with_its_own_regions():
     rows = []
     for i in range(5):
         regions = 2 + i % 3
-        rows.append({"question": "what color is the circle?", "region_features": np.full((regions, 4), float(i)),
-                     "boxes": [[0, 0, 10, 10]] * regions, "image_width": 20, "image_height": 20,
-                     "answer_ids": [i], "answer_scores": [1.0]})
+        rows.append(
+            {
+                "question": "what color is the circle?",
+                "region_features": np.full((regions, 4), float(i)),
+                "boxes": [[0, 0, 10, 10]] * regions,
+                "image_width": 20,
+                "image_height": 20,
+                "answer_ids": [i],
+                "answer_scores": [1.0],
+            }
+        )
     batch = DataCollatorForVLTask(processor, "vqa", num_labels=8)(rows)
     for i, row in enumerate(rows):
         count = len(row["boxes"])
@@ -252,6 +269,7 @@ def test_the_demo_runs_end_to_end_and_prints_its_controls(tmp_path, capsys):
     assert set(report.controls) == {"prior", "shuffled"}
     assert {"color", "shape", "count", "exist", "spatial"} <= set(report.accuracy)
     assert (result["directory"] / "example_a.png").exists() and (result["directory"] / "example_b.png").exists()
+
 
 def test_format_controls_tables_a_ranking_report_row_per_recall():
     from hf_vlp.evaluation import format_controls

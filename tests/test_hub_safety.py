@@ -61,8 +61,12 @@ def endpoint(monkeypatch):
 def test_push_uploads_a_converted_folder_byte_for_byte(hub_endpoint, tmp_path, bert_tokenizer, capsys):
     from hf_vlp.conversion.common import MANIFEST_NAME, save_converted
 
-    folder = save_converted(_model(bert_tokenizer), _processor(bert_tokenizer), tmp_path / "out",
-                            conversion="Converted from the original `x.pt`.")
+    folder = save_converted(
+        _model(bert_tokenizer),
+        _processor(bert_tokenizer),
+        tmp_path / "out",
+        conversion="Converted from the original `x.pt`.",
+    )
     assert (folder / MANIFEST_NAME).is_file()
     with open(folder / "README.md", "a") as readme:
         readme.write("\n## Notes by hand\nThe user's edit must reach the Hub.\n")
@@ -192,7 +196,9 @@ def test_documented_route_and_callback_upload_what_hf_vlp_push_uploads(hub_endpo
     assert cli.main(["push", "--model", str(folder), "--repo_id", "tester/by-cli"]) == 0
     push_to_hub(model, processor, "tester/by-function")
     callback = HubPushCallback("tester/by-callback")
-    callback.on_train_end(None, SimpleNamespace(is_world_process_zero=True), None, model=model, processing_class=processor)
+    callback.on_train_end(
+        None, SimpleNamespace(is_world_process_zero=True), None, model=model, processing_class=processor
+    )
     assert callback.commit_url
     by_cli = _received("tester/by-cli")
     assert {"README.md", "processing_uniter.py", "modeling_uniter.py", "processor_config.json"} <= set(by_cli)
@@ -215,11 +221,17 @@ def test_documented_route_and_callback_upload_what_hf_vlp_push_uploads(hub_endpo
         assert received[name] == by_cli[name], name
     # the Trainer sets `use_cache=False` on the model's config for training; the rest of the config is the same
     trained_config, saved_config = json.loads(received["config.json"]), json.loads(by_cli["config.json"])
-    assert trained_config.pop("use_cache", False) is False and saved_config.pop("use_cache", False) in (True, False, None)
+    assert trained_config.pop("use_cache", False) is False and saved_config.pop("use_cache", False) in (
+        True,
+        False,
+        None,
+    )
     assert trained_config == saved_config
     # transformers' own model.push_to_hub is the plain upload (documented: use hf_vlp.hub.push_to_hub)
     model.push_to_hub("tester/by-transformers")
-    assert "README.md" not in _received("tester/by-transformers") or "modeling_uniter.py" not in _received("tester/by-transformers")
+    assert "README.md" not in _received("tester/by-transformers") or "modeling_uniter.py" not in _received(
+        "tester/by-transformers"
+    )
 
 
 _BLOCKER = """
@@ -238,18 +250,26 @@ def test_remote_code_processor_works_without_hf_vlp(tmp_path, bert_tokenizer):
     model, processor = _model(bert_tokenizer), _processor(bert_tokenizer)
     save_for_hub(model, processor, tmp_path / "repo")
     rng = np.random.default_rng(0)
-    call = dict(text=["what colour is the cube?", "a red ball"],
-                visual_feats=[rng.random((3, model.config.visual_feat_dim), dtype=np.float32),
-                              rng.random((5, model.config.visual_feat_dim), dtype=np.float32)],
-                boxes=[np.array([[0, 0, 10, 10], [2, 3, 20, 18], [5, 5, 30, 30]], np.float32),
-                       np.array([[1, 1, 4, 4], [0, 0, 40, 30], [3, 2, 9, 9], [10, 10, 20, 25], [0, 5, 5, 10]], np.float32)],
-                image_sizes=[(32, 32), (40, 30)])
+    call = dict(
+        text=["what colour is the cube?", "a red ball"],
+        visual_feats=[
+            rng.random((3, model.config.visual_feat_dim), dtype=np.float32),
+            rng.random((5, model.config.visual_feat_dim), dtype=np.float32),
+        ],
+        boxes=[
+            np.array([[0, 0, 10, 10], [2, 3, 20, 18], [5, 5, 30, 30]], np.float32),
+            np.array([[1, 1, 4, 4], [0, 0, 40, 30], [3, 2, 9, 9], [10, 10, 20, 25], [0, 5, 5, 10]], np.float32),
+        ],
+        image_sizes=[(32, 32), (40, 30)],
+    )
     torch.save(call, tmp_path / "call.pt")
     expected = processor(**call)
     with torch.no_grad():
         logits = model(**expected).logits
     torch.save({"inputs": dict(expected), "logits": logits}, tmp_path / "expected.pt")
-    script = _BLOCKER + f"""
+    script = (
+        _BLOCKER
+        + f"""
 import torch
 from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor
 try:
@@ -257,20 +277,23 @@ try:
     raise SystemExit("hf_vlp importable")
 except ImportError:
     pass
-processor = AutoProcessor.from_pretrained(r"{tmp_path / 'repo'}", trust_remote_code=True)
-model = AutoModelForVisualQuestionAnswering.from_pretrained(r"{tmp_path / 'repo'}", trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(r"{tmp_path / "repo"}", trust_remote_code=True)
+model = AutoModelForVisualQuestionAnswering.from_pretrained(r"{tmp_path / "repo"}", trust_remote_code=True).eval()
 print("classes", type(processor).__name__, type(processor.image_processor).__name__, type(model).__name__)
 assert "hf_vlp" not in type(processor).__module__ and "hf_vlp" not in type(model).__module__
-inputs = processor(**torch.load(r"{tmp_path / 'call.pt'}", weights_only=False))
-expected = torch.load(r"{tmp_path / 'expected.pt'}")
+inputs = processor(**torch.load(r"{tmp_path / "call.pt"}", weights_only=False))
+expected = torch.load(r"{tmp_path / "expected.pt"}")
 assert sorted(inputs) == sorted(expected["inputs"]), (sorted(inputs), sorted(expected["inputs"]))
 for name, value in expected["inputs"].items():
     assert torch.equal(inputs[name], value), name
 with torch.no_grad():
     print("max_abs_diff", (model(**inputs).logits - expected["logits"]).abs().max().item())
 """
+    )
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stdout[-1000:] + result.stderr[-3000:]
     assert "classes UniterProcessor RegionFeatureProcessor UniterForVisualQuestionAnswering" in result.stdout
     assert "max_abs_diff 0.0" in result.stdout

@@ -54,8 +54,14 @@ def test_every_architecture_folder_declares_specs_that_resolve():
 
 def test_spec_rejects_inconsistent_declarations():
     base = dict(
-        name="toy", model_type="toy", config="toy.Config", inputs="text", example_inputs="toy.inputs",
-        heads={"vqa": Head("toy.Vqa")}, bench_task="vqa", lora_target_modules=r".*\.query",
+        name="toy",
+        model_type="toy",
+        config="toy.Config",
+        inputs="text",
+        example_inputs="toy.inputs",
+        heads={"vqa": Head("toy.Vqa")},
+        bench_task="vqa",
+        lora_target_modules=r".*\.query",
     )
     assert ArchitectureSpec(**base).heads[Task.VQA].model == "toy.Vqa"
     with pytest.raises(ValueError, match="known tasks"):
@@ -67,8 +73,15 @@ def test_spec_rejects_inconsistent_declarations():
     with pytest.raises(ValueError, match="regex"):
         ArchitectureSpec(**{**base, "lora_target_modules": "(query"})
     with pytest.raises(ValueError, match="claimed by both"):
-        ArchitectureSpec(**{**base, "heads": {"vqa": Head("a.B", auto_classes=("AutoModel",)),
-                                              "base": Head("a.C", auto_classes=("AutoModel",))}})
+        ArchitectureSpec(
+            **{
+                **base,
+                "heads": {
+                    "vqa": Head("a.B", auto_classes=("AutoModel",)),
+                    "base": Head("a.C", auto_classes=("AutoModel",)),
+                },
+            }
+        )
     with pytest.raises(ValueError, match="Auto class names"):
         Head("toy.Vqa", auto_classes="AutoModel")
     with pytest.raises(ValueError, match="no 'captioning' head"):
@@ -87,7 +100,9 @@ def test_auto_classes_only_fill_gaps_and_opt_ins_only_replace_transformers_class
                 transformers_maps = spec.model_type in getattr(transformers, auto_name)._model_mapping._model_mapping
                 assert transformers_maps == (auto_name in head.opt_in_auto_classes), (spec.name, task, auto_name)
             if head.opt_in_auto_classes:
-                assert spec.model_type in CONFIG_MAPPING_NAMES, f"{spec.name}: opt-ins are for transformers' model types"
+                assert spec.model_type in CONFIG_MAPPING_NAMES, (
+                    f"{spec.name}: opt-ins are for transformers' model types"
+                )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -142,7 +157,9 @@ def test_registration_works_when_transformers_auto_classes_were_imported_first()
     assert output.strip() == "UniterForVisualQuestionAnswering"
 
 
-@pytest.mark.parametrize("arch", [spec.name for spec in SPECS if any(h.opt_in_auto_classes for h in spec.heads.values())])
+@pytest.mark.parametrize(
+    "arch", [spec.name for spec in SPECS if any(h.opt_in_auto_classes for h in spec.heads.values())]
+)
 def test_opt_in_switches_every_declared_auto_class_and_back(arch):
     import transformers
 
@@ -171,8 +188,8 @@ def test_hf_vlp_saved_folder_of_a_transformers_type_loads_hf_vlp_code_with_remot
     script = f"""
 import hf_vlp, transformers
 from transformers import AutoModelForVisualQuestionAnswering as VQA
-plain = VQA.from_pretrained(r"{tmp_path / 'repo'}")
-remote = VQA.from_pretrained(r"{tmp_path / 'repo'}", trust_remote_code=True)
+plain = VQA.from_pretrained(r"{tmp_path / "repo"}")
+remote = VQA.from_pretrained(r"{tmp_path / "repo"}", trust_remote_code=True)
 print(type(plain) is transformers.BlipForQuestionAnswering, type(remote).__module__.startswith("transformers_modules"),
       hasattr(remote, "rank_answers"))
 """
@@ -260,7 +277,9 @@ def test_lora_preset_is_one_regex_that_selects_the_intended_modules(arch):
         assert selected == _peft_selects(legacy, names), arch
     peft_model = get_peft_model(
         model,
-        LoraConfig(r=2, target_modules=spec.lora_target_modules, modules_to_save=list(spec.lora_modules_to_save) or None),
+        LoraConfig(
+            r=2, target_modules=spec.lora_target_modules, modules_to_save=list(spec.lora_modules_to_save) or None
+        ),
     )
     assert sum(1 for name, _ in peft_model.named_modules() if name.endswith("lora_A")) == len(selected)
 
@@ -318,8 +337,13 @@ def test_train_pretrain_and_finetune_run_for_models_with_their_own_field_names(a
     from hf_vlp.training import FinetuneArguments, PretrainArguments, run_finetuning, run_pretraining
 
     arguments = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, use_cpu=True, report_to=[],
-        save_strategy="no", disable_tqdm=True,
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
     )
     trainer = run_pretraining(PretrainArguments(arch=arch, num_images=4), arguments)
     assert trainer.state.log_history[-1]["train_loss"] > 0

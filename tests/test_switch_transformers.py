@@ -22,9 +22,20 @@ def one_thread():
 
 def tiny_config(sparse=1, **kwargs):
     values = dict(
-        vocab_size=48, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_decoder_layers=2, num_heads=4, num_experts=4,
-        num_sparse_encoder_layers=sparse, num_sparse_decoder_layers=sparse, expert_capacity=16, dropout_rate=0.0,
-        router_jitter_noise=0.0, decoder_start_token_id=0,
+        vocab_size=48,
+        d_model=16,
+        d_kv=4,
+        d_ff=32,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        num_experts=4,
+        num_sparse_encoder_layers=sparse,
+        num_sparse_decoder_layers=sparse,
+        expert_capacity=16,
+        dropout_rate=0.0,
+        router_jitter_noise=0.0,
+        decoder_start_token_id=0,
     )
     values.update(kwargs)
     return transformers.SwitchTransformersConfig(**values)
@@ -44,7 +55,11 @@ def test_router_losses_are_output_fields_and_part_of_the_loss():
     input_ids, labels = tiny_batch()
     output = model(input_ids=input_ids, labels=labels)
     config = model.config
-    expected = output.lm_loss + config.router_z_loss_coef * output.router_z_loss + config.router_aux_loss_coef * output.router_aux_loss
+    expected = (
+        output.lm_loss
+        + config.router_z_loss_coef * output.router_z_loss
+        + config.router_aux_loss_coef * output.router_aux_loss
+    )
     assert torch.allclose(output.loss, expected)
     assert torch.allclose(output.router_z_loss, output.encoder_z_loss + output.decoder_z_loss)
     assert output.router_aux_loss > 0 and output.router_z_loss > 0
@@ -76,8 +91,15 @@ def test_vlp_trainer_logs_router_losses_separately(tmp_path):
     input_ids, labels = tiny_batch()
     rows = [{"input_ids": i, "labels": label_ids} for i, label_ids in zip(input_ids, labels)]
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=6, learning_rate=3e-3, logging_steps=3,
-        report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=6,
+        learning_rate=3e-3,
+        logging_steps=3,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
     )
     trainer = VLPTrainer(model=model, args=args, train_dataset=rows)
     trainer.train()
@@ -177,8 +199,11 @@ def test_per_head_attention_kernels_are_flattened():
     converted = switch_conversion.convert(params, config={"expert_capacity": 16})
     input_ids, labels = tiny_batch()
     with torch.no_grad():
-        assert torch.allclose(converted(input_ids=input_ids, labels=labels).logits,
-                              original(input_ids=input_ids, labels=labels).logits, atol=1e-6)
+        assert torch.allclose(
+            converted(input_ids=input_ids, labels=labels).logits,
+            original(input_ids=input_ids, labels=labels).logits,
+            atol=1e-6,
+        )
 
 
 def test_converter_rejects_other_architectures_and_unknown_keys(tmp_path):

@@ -52,17 +52,37 @@ class Snapshots(TrainerCallback):
 
 def tiny_vqa_model():
     torch.manual_seed(0)
-    config = UniterConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                          intermediate_size=32, max_position_embeddings=16, visual_feat_dim=12, num_labels=7,
-                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = UniterConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        visual_feat_dim=12,
+        num_labels=7,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return UniterForVisualQuestionAnswering(config)
 
 
 def arguments(tmp_path, **overrides):
-    defaults = dict(output_dir=str(tmp_path), per_device_train_batch_size=BATCH, max_steps=4, logging_steps=1,
-                    learning_rate=1e-2, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
-                    train_sampling_strategy="sequential", dataloader_num_workers=0, seed=0,
-                    remove_unused_columns=False)
+    defaults = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=BATCH,
+        max_steps=4,
+        logging_steps=1,
+        learning_rate=1e-2,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        train_sampling_strategy="sequential",
+        dataloader_num_workers=0,
+        seed=0,
+        remove_unused_columns=False,
+    )
     return TrainingArguments(**{**defaults, **overrides})
 
 
@@ -89,8 +109,11 @@ def test_nan_row_stops_training_naming_the_step_before_the_weights_change(tmp_pa
 
 
 def test_nan_row_with_gradient_accumulation_names_the_micro_batch(tmp_path):
-    trainer = VLPTrainer(model=tiny_vqa_model(), train_dataset=VqaRows(),
-                         args=arguments(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2))
+    trainer = VLPTrainer(
+        model=tiny_vqa_model(),
+        train_dataset=VqaRows(),
+        args=arguments(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2),
+    )
     # rows 4, 5 are the first micro-batch of step 2 (rows 4-7)
     with pytest.raises(FloatingPointError, match="optimizer step 2: loss nan on micro-batch 1 of 2"):
         trainer.train()
@@ -98,8 +121,9 @@ def test_nan_row_with_gradient_accumulation_names_the_micro_batch(tmp_path):
 
 def test_skip_drops_the_step_keeps_weights_finite_and_logs_the_count(tmp_path):
     model, snapshots = tiny_vqa_model(), Snapshots()
-    trainer = VLPTrainer(model=model, args=arguments(tmp_path), train_dataset=VqaRows(), callbacks=[snapshots],
-                         nonfinite="skip")
+    trainer = VLPTrainer(
+        model=model, args=arguments(tmp_path), train_dataset=VqaRows(), callbacks=[snapshots], nonfinite="skip"
+    )
     trainer.train()
     assert all_finite(model)
     assert trainer.nonfinite_skipped_steps == 1
@@ -117,11 +141,20 @@ def test_skip_drops_the_step_keeps_weights_finite_and_logs_the_count(tmp_path):
 def test_skip_matches_training_without_the_bad_batch_up_to_the_skipped_step(tmp_path):
     """Skipping is dropping: step 1 is identical with or without the NaN row further on."""
     clean, snapshots_clean = tiny_vqa_model(), Snapshots()
-    VLPTrainer(model=clean, args=arguments(tmp_path / "a", max_steps=1), train_dataset=VqaRows(nan_row=None),
-               callbacks=[snapshots_clean]).train()
+    VLPTrainer(
+        model=clean,
+        args=arguments(tmp_path / "a", max_steps=1),
+        train_dataset=VqaRows(nan_row=None),
+        callbacks=[snapshots_clean],
+    ).train()
     skipped, snapshots_skip = tiny_vqa_model(), Snapshots()
-    VLPTrainer(model=skipped, args=arguments(tmp_path / "b", max_steps=2), train_dataset=VqaRows(),
-               callbacks=[snapshots_skip], nonfinite="skip").train()
+    VLPTrainer(
+        model=skipped,
+        args=arguments(tmp_path / "b", max_steps=2),
+        train_dataset=VqaRows(),
+        callbacks=[snapshots_skip],
+        nonfinite="skip",
+    ).train()
     for name, value in snapshots_clean.parameters[1].items():
         assert torch.equal(snapshots_skip.parameters[2][name], value), name
 
@@ -148,16 +181,22 @@ class SqrtRows(torch.utils.data.Dataset):
 
 
 def test_finite_loss_with_nan_gradient_names_the_parameter(tmp_path):
-    trainer = VLPTrainer(model=SqrtModel(), args=arguments(tmp_path, per_device_train_batch_size=2),
-                         train_dataset=SqrtRows())
+    trainer = VLPTrainer(
+        model=SqrtModel(), args=arguments(tmp_path, per_device_train_batch_size=2), train_dataset=SqrtRows()
+    )
     with pytest.raises(FloatingPointError, match="optimizer step 2: .*1 parameter gradient\\(s\\) are not: weight"):
         trainer.train()
 
 
 def test_skipped_steps_leave_the_logged_objectives_finite(tmp_path):
     snapshots = Snapshots()
-    trainer = VLPTrainer(model=SqrtModel(), args=arguments(tmp_path, per_device_train_batch_size=2),
-                         train_dataset=SqrtRows(), callbacks=[snapshots], nonfinite="skip")
+    trainer = VLPTrainer(
+        model=SqrtModel(),
+        args=arguments(tmp_path, per_device_train_batch_size=2),
+        train_dataset=SqrtRows(),
+        callbacks=[snapshots],
+        nonfinite="skip",
+    )
     trainer.train()
     logged = [entry for entry in snapshots.logs if "loss" in entry]
     assert [entry["nonfinite_skipped_steps"] for entry in logged] == [0, 1, 1, 1]

@@ -14,8 +14,20 @@ from hf_vlp import training
 from hf_vlp.cli import main
 from hf_vlp.registry import ARCHITECTURES
 
-TINY = ["--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--report_to", "none",
-        "--logging_steps", "1", "--disable_tqdm", "true", "--dataloader_pin_memory", "false"]
+TINY = [
+    "--per_device_train_batch_size",
+    "4",
+    "--per_device_eval_batch_size",
+    "4",
+    "--report_to",
+    "none",
+    "--logging_steps",
+    "1",
+    "--disable_tqdm",
+    "true",
+    "--dataloader_pin_memory",
+    "false",
+]
 
 
 def hf_vlp_train(output_dir, stage="finetune", *flags):
@@ -75,8 +87,16 @@ def test_resume_continues_where_the_interrupted_run_stopped(tmp_path, monkeypatc
     interrupted = weights(tmp_path / "resumed")
     assert max_abs_diff(interrupted, weights(tmp_path / "uninterrupted")) > 0  # it really stopped early
 
-    assert hf_vlp_train(tmp_path / "resumed", "finetune", *run, "--resume_from_checkpoint",
-                        str(tmp_path / "resumed" / "checkpoint-2")) == 0
+    assert (
+        hf_vlp_train(
+            tmp_path / "resumed",
+            "finetune",
+            *run,
+            "--resume_from_checkpoint",
+            str(tmp_path / "resumed" / "checkpoint-2"),
+        )
+        == 0
+    )
     state = json.loads((tmp_path / "resumed" / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
     assert_equal_weights(weights(tmp_path / "resumed"), weights(tmp_path / "uninterrupted"))
@@ -92,7 +112,9 @@ def test_resume_last_finds_the_newest_checkpoint(tmp_path):
         tmp_path / "checkpoint-2"
     )
     assert training.resume_checkpoint(TrainingArguments(str(tmp_path))) is None
-    training.check_train_arguments(training.FinetuneArguments(), TrainingArguments(str(tmp_path), resume_from_checkpoint="last"))
+    training.check_train_arguments(
+        training.FinetuneArguments(), TrainingArguments(str(tmp_path), resume_from_checkpoint="last")
+    )
 
 
 def test_resume_from_a_missing_checkpoint_is_refused_before_training(tmp_path, capsys):
@@ -132,9 +154,27 @@ def test_pretraining_seed_reproduces(tmp_path):
 def test_eval_during_training_logs_the_metric_and_keeps_the_best_checkpoint(tmp_path):
     # "best" = highest eval loss: a choice the last checkpoint does not win by default, so the test sees that the
     # weights kept are the best checkpoint's, not merely the last ones
-    run = ["--task", "vqa", "--max_steps", "4", "--save_steps", "2", "--eval_strategy", "steps", "--eval_steps", "2",
-           "--load_best_model_at_end", "--metric_for_best_model", "loss", "--greater_is_better", "true",
-           "--learning_rate", "1e-3", "--seed", "0"]
+    run = [
+        "--task",
+        "vqa",
+        "--max_steps",
+        "4",
+        "--save_steps",
+        "2",
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "2",
+        "--load_best_model_at_end",
+        "--metric_for_best_model",
+        "loss",
+        "--greater_is_better",
+        "true",
+        "--learning_rate",
+        "1e-3",
+        "--seed",
+        "0",
+    ]
     assert hf_vlp_train(tmp_path, "finetune", *run) == 0
     state = json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())
     evaluations = [entry for entry in state["log_history"] if "eval_loss" in entry]
@@ -146,12 +186,11 @@ def test_eval_during_training_logs_the_metric_and_keeps_the_best_checkpoint(tmp_
 
 
 @pytest.mark.parametrize(
-    ("task", "metric"), [("entailment", "accuracy"), ("refexp", "accuracy"), ("nlvr2", "accuracy"),
-                         ("retrieval", "recall@1")]
+    ("task", "metric"),
+    [("entailment", "accuracy"), ("refexp", "accuracy"), ("nlvr2", "accuracy"), ("retrieval", "recall@1")],
 )
 def test_eval_reports_each_tasks_metric(tmp_path, task, metric):
-    run = ["--task", task, "--max_steps", "2", "--save_strategy", "no", "--eval_strategy", "steps",
-           "--eval_steps", "2"]
+    run = ["--task", task, "--max_steps", "2", "--save_strategy", "no", "--eval_strategy", "steps", "--eval_steps", "2"]
     trainer_states = []
     original = training.VLPTrainer.evaluate
 
@@ -231,7 +270,9 @@ def test_every_trainable_pair_trains_through_the_cli(tmp_path, arch, task):
     trained = weights(tmp_path)
     assert all(torch.isfinite(value).all() for value in trained.values())
     state = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())
-    metric = {"pretraining": "eval_loss", "retrieval": "eval_recall@1", "vqa": "eval_vqa_score"}.get(task, "eval_accuracy")
+    metric = {"pretraining": "eval_loss", "retrieval": "eval_recall@1", "vqa": "eval_vqa_score"}.get(
+        task, "eval_accuracy"
+    )
     assert any(metric in entry for entry in state["log_history"])
     processor = AutoProcessor.from_pretrained(tmp_path / "checkpoint-2")
     assert type(processor).__name__ == ARCHITECTURES[arch].processor.rpartition(".")[2]

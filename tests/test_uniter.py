@@ -1,6 +1,5 @@
 """UNITER: parity with the original code, heads, objectives, training plumbing and input checks."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -118,16 +117,27 @@ def test_fine_tuned_heads_convert_from_their_original_key_layouts(tmp_path):
     layouts = {
         "ve": ({**backbone, **_mlp("vqa_output", hidden, 2 * hidden, 3)}, UniterForVisualEntailment),
         "retrieval": (
-            {**backbone, "itm_output.weight": torch.randn(2, hidden), "itm_output.bias": torch.randn(2),
-             "rank_output.weight": torch.randn(1, hidden), "rank_output.bias": torch.randn(1)},
+            {
+                **backbone,
+                "itm_output.weight": torch.randn(2, hidden),
+                "itm_output.bias": torch.randn(2),
+                "rank_output.weight": torch.randn(1, hidden),
+                "rank_output.bias": torch.randn(1),
+            },
             UniterForImageTextRetrieval,
         ),
-        "refcoco": ({**backbone, "re_output.weight": torch.randn(1, hidden), "re_output.bias": torch.randn(1)},
-                    UniterForReferringExpression),
-        "nlvr2_paired": ({**nlvr2, "nlvr2_output.weight": torch.randn(2, 2 * hidden),
-                          "nlvr2_output.bias": torch.randn(2)}, UniterForVisualReasoning),
-        "nlvr2_triplet": ({**nlvr2, "nlvr2_output.weight": torch.randn(2, hidden),
-                           "nlvr2_output.bias": torch.randn(2)}, UniterForVisualReasoning),
+        "refcoco": (
+            {**backbone, "re_output.weight": torch.randn(1, hidden), "re_output.bias": torch.randn(1)},
+            UniterForReferringExpression,
+        ),
+        "nlvr2_paired": (
+            {**nlvr2, "nlvr2_output.weight": torch.randn(2, 2 * hidden), "nlvr2_output.bias": torch.randn(2)},
+            UniterForVisualReasoning,
+        ),
+        "nlvr2_triplet": (
+            {**nlvr2, "nlvr2_output.weight": torch.randn(2, hidden), "nlvr2_output.bias": torch.randn(2)},
+            UniterForVisualReasoning,
+        ),
     }
     for name, (layout, expected_class) in layouts.items():
         torch.save(layout, tmp_path / f"{name}.pt")
@@ -143,9 +153,12 @@ def test_fine_tuned_heads_convert_from_their_original_key_layouts(tmp_path):
 
 def _mlp(prefix, hidden, inner, out):
     return {
-        f"{prefix}.0.weight": torch.randn(inner, hidden), f"{prefix}.0.bias": torch.randn(inner),
-        f"{prefix}.2.weight": torch.randn(inner), f"{prefix}.2.bias": torch.randn(inner),
-        f"{prefix}.3.weight": torch.randn(out, inner), f"{prefix}.3.bias": torch.randn(out),
+        f"{prefix}.0.weight": torch.randn(inner, hidden),
+        f"{prefix}.0.bias": torch.randn(inner),
+        f"{prefix}.2.weight": torch.randn(inner),
+        f"{prefix}.2.bias": torch.randn(inner),
+        f"{prefix}.3.weight": torch.randn(out, inner),
+        f"{prefix}.3.bias": torch.randn(out),
     }
 
 
@@ -240,7 +253,11 @@ def _vqa_labels(config):
 HEADS = {
     "vqa": (UniterForVisualQuestionAnswering, {}, lambda c, i: dict(labels=_vqa_labels(c))),
     "ve": (UniterForVisualEntailment, dict(num_labels=3), lambda c, i: dict(labels=torch.tensor([0, 2]))),
-    "refexp": (UniterForReferringExpression, dict(referring_head_layers=2), lambda c, i: dict(labels=torch.tensor([1, 2]))),
+    "refexp": (
+        UniterForReferringExpression,
+        dict(referring_head_layers=2),
+        lambda c, i: dict(labels=torch.tensor([1, 2])),
+    ),
     "retrieval_bce": (UniterForImageTextRetrieval, {}, lambda c, i: dict(labels=torch.tensor([1, 0]))),
     "retrieval_hinge": (UniterForImageTextRetrieval, {}, lambda c, i: dict(group_size=2)),
 }

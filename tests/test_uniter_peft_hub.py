@@ -28,7 +28,9 @@ def test_lora_trains_saves_reloads_and_merges(tmp_path):
     config = tiny_config()
     base = UniterForVisualQuestionAnswering(config)
     base.save_pretrained(tmp_path / "base")
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, modules_to_save=["classifier"]))
+    model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, modules_to_save=["classifier"])
+    )
     model.enable_input_require_grads()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -48,7 +50,9 @@ def test_lora_trains_saves_reloads_and_merges(tmp_path):
     with torch.no_grad():
         adapted = model(**inputs).logits
     model.save_pretrained(tmp_path / "adapter")
-    reloaded = PeftModel.from_pretrained(UniterForVisualQuestionAnswering.from_pretrained(tmp_path / "base"), tmp_path / "adapter").eval()
+    reloaded = PeftModel.from_pretrained(
+        UniterForVisualQuestionAnswering.from_pretrained(tmp_path / "base"), tmp_path / "adapter"
+    ).eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**inputs).logits, adapted, atol=1e-5, rtol=1e-5)
         merged = reloaded.merge_and_unload()
@@ -60,12 +64,22 @@ def _processor(bert_tokenizer):
 
 
 def test_model_card_has_hub_metadata():
-    card = model_card(UniterForVisualQuestionAnswering(tiny_config()), base_model="org/uniter-base", datasets=["vqa_v2"],
-                      conversion="converted from uniter-base.pt")
+    card = model_card(
+        UniterForVisualQuestionAnswering(tiny_config()),
+        base_model="org/uniter-base",
+        datasets=["vqa_v2"],
+        conversion="converted from uniter-base.pt",
+    )
     assert card.startswith("---\n")
-    for expected in ('library_name: "transformers"', 'pipeline_tag: "visual-question-answering"', '"hf_vlp"',
-                     'base_model: "org/uniter-base"', 'datasets: ["vqa_v2"]', "AutoModelForVisualQuestionAnswering",
-                     "converted from uniter-base.pt"):
+    for expected in (
+        'library_name: "transformers"',
+        'pipeline_tag: "visual-question-answering"',
+        '"hf_vlp"',
+        'base_model: "org/uniter-base"',
+        'datasets: ["vqa_v2"]',
+        "AutoModelForVisualQuestionAnswering",
+        "converted from uniter-base.pt",
+    ):
         assert expected in card, expected
 
 
@@ -78,7 +92,9 @@ def test_push_to_hub_then_load_by_repo_id(hub_endpoint, tmp_path, bert_tokenizer
     model = UniterForVisualQuestionAnswering(tiny_config(vocab_size=len(bert_tokenizer))).eval()
     push_to_hub(model, _processor(bert_tokenizer), "tester/uniter-tiny-vqa")
     cache = tmp_path / "cache"
-    reloaded = transformers.AutoModelForVisualQuestionAnswering.from_pretrained("tester/uniter-tiny-vqa", cache_dir=cache).eval()
+    reloaded = transformers.AutoModelForVisualQuestionAnswering.from_pretrained(
+        "tester/uniter-tiny-vqa", cache_dir=cache
+    ).eval()
     processor = transformers.AutoProcessor.from_pretrained("tester/uniter-tiny-vqa", cache_dir=cache)
     assert isinstance(processor, UniterProcessor)
     inputs = tiny_inputs(config=model.config)
@@ -121,12 +137,14 @@ class BlockHfVlp:
 sys.meta_path.insert(0, BlockHfVlp())
 import torch
 from transformers import AutoModelForVisualQuestionAnswering
-model = AutoModelForVisualQuestionAnswering.from_pretrained(r"{tmp_path / 'repo'}", trust_remote_code=True).eval()
+model = AutoModelForVisualQuestionAnswering.from_pretrained(r"{tmp_path / "repo"}", trust_remote_code=True).eval()
 assert "hf_vlp" not in type(model).__module__
-logits = model(**torch.load(r"{tmp_path / 'inputs.pt'}")).logits
-print("max_abs_diff", (logits - torch.load(r"{tmp_path / 'logits.pt'}")).abs().max().item())
+logits = model(**torch.load(r"{tmp_path / "inputs.pt"}")).logits
+print("max_abs_diff", (logits - torch.load(r"{tmp_path / "logits.pt"}")).abs().max().item())
 """
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "max_abs_diff 0.0" in result.stdout

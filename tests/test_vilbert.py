@@ -169,12 +169,27 @@ def test_unknown_checkpoint_key_is_an_error(tmp_path):
 def test_schedule_follows_the_connection_ids():
     # text L0, L1 -> co0 -> L2 + V0 -> co1 -> V1 + L3 (fixture README)
     assert coattention_schedule([0, 1], [2, 3], 2, 4) == [
-        ("text", 0), ("text", 1), ("co", 0), ("text", 2), ("visual", 0), ("co", 1), ("visual", 1), ("text", 3),
+        ("text", 0),
+        ("text", 1),
+        ("co", 0),
+        ("text", 2),
+        ("visual", 0),
+        ("co", 1),
+        ("visual", 1),
+        ("text", 3),
     ]
     # uneven and zero gaps, connections not at the end
     assert coattention_schedule([1, 1, 3], [0, 2, 2], 4, 3) == [
-        ("visual", 0), ("co", 0), ("text", 0), ("text", 1), ("co", 1), ("visual", 1), ("visual", 2), ("co", 2),
-        ("visual", 3), ("text", 2),
+        ("visual", 0),
+        ("co", 0),
+        ("text", 0),
+        ("text", 1),
+        ("co", 1),
+        ("visual", 1),
+        ("visual", 2),
+        ("co", 2),
+        ("visual", 3),
+        ("text", 2),
     ]
     assert VilbertConfig().v_biattention_id == [0, 1, 2, 3, 4, 5]
     assert VilbertConfig().t_biattention_id == [6, 7, 8, 9, 10, 11]
@@ -223,7 +238,13 @@ def test_gradient_checkpointing_equals_no_checkpointing():
 
     def loss_and_grads():
         model.zero_grad()
-        out = model(**batch, labels=labels, region_mask=region_mask, region_soft_labels=soft, itm_labels=torch.tensor([1, 0, 1, 1]))
+        out = model(
+            **batch,
+            labels=labels,
+            region_mask=region_mask,
+            region_soft_labels=soft,
+            itm_labels=torch.tensor([1, 0, 1, 1]),
+        )
         out.loss.backward()
         return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -308,7 +329,11 @@ def _head_case(head, batch):
         for name in ("visual_feats", "visual_pos", "visual_attention_mask"):
             paired[name] = torch.stack([batch[name], batch[name].flip(0)], dim=1)
         return paired, {"labels": torch.tensor([0, 1, 1, 0])}, (b, 2)
-    choices = {k: v[:2, None].expand(2, 3, *v.shape[1:]) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    choices = {
+        k: v[:2, None].expand(2, 3, *v.shape[1:])
+        for k, v in batch.items()
+        if k in ("input_ids", "attention_mask", "token_type_ids")
+    }
     choices.update({k: v[:2] for k, v in batch.items() if k.startswith("visual_")})
     return choices, {"labels": torch.tensor([2, 0])}, (2, 3)
 
@@ -383,7 +408,9 @@ def test_save_load_and_auto_class_round_trips(tmp_path):
         torch.testing.assert_close(reloaded(**batch).mlm_logits, model(**batch).mlm_logits)
     assert isinstance(transformers.AutoConfig.from_pretrained(tmp_path), VilbertConfig)
     assert isinstance(transformers.AutoModel.from_pretrained(tmp_path), VilbertModel)
-    assert isinstance(transformers.AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path), VilbertForVisualQuestionAnswering)
+    assert isinstance(
+        transformers.AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path), VilbertForVisualQuestionAnswering
+    )
     assert isinstance(transformers.AutoModelForMultipleChoice.from_pretrained(tmp_path), VilbertForMultipleChoice)
     auto_map = transformers.AutoConfig.from_pretrained(tmp_path).auto_map
     assert auto_map["VilbertForVisualReasoning"] == "modeling_vilbert.VilbertForVisualReasoning"
@@ -425,7 +452,9 @@ def test_lora_on_text_and_visual_attention_trains_and_reloads(tmp_path):
             text_lora = [p.grad for n, p in model.named_parameters() if "encoder.layer.0" in n and "lora_B" in n]
             assert visual_lora and all(g is not None and g.abs().sum() > 0 for g in visual_lora)
             assert text_lora and all(g is not None and g.abs().sum() > 0 for g in text_lora)
-            co_lora = [p.grad for n, p in model.named_parameters() if "c_layer.1.visual_attention" in n and "lora_B" in n]
+            co_lora = [
+                p.grad for n, p in model.named_parameters() if "c_layer.1.visual_attention" in n and "lora_B" in n
+            ]
             assert co_lora and all(g is not None and g.abs().sum() > 0 for g in co_lora)
         optimizer.step()
         losses.append(loss.item())
@@ -475,7 +504,9 @@ def test_processor_adds_the_whole_image_mean_region_and_feeds_the_model(bert_tok
     processor = VilbertProcessor(tokenizer=bert_tokenizer)
     feats = [np.random.rand(3, FEATURES).astype(np.float32), np.random.rand(2, FEATURES).astype(np.float32)]
     boxes = [[[0, 0, 10, 10], [5, 5, 20, 10], [1, 2, 3, 4]], [[0, 0, 40, 40], [10, 10, 20, 30]]]
-    batch = processor(text=["a red circle", "two squares"], visual_feats=feats, boxes=boxes, image_sizes=[(20, 10), (40, 40)])
+    batch = processor(
+        text=["a red circle", "two squares"], visual_feats=feats, boxes=boxes, image_sizes=[(20, 10), (40, 40)]
+    )
     np.testing.assert_allclose(batch["visual_feats"][0, 0].numpy(), feats[0].mean(0), rtol=1e-6)
     assert batch["visual_pos"][1, 0].tolist() == [0.0, 0.0, 1.0, 1.0]
     assert batch["visual_attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
@@ -514,13 +545,15 @@ class BlockHfVlp:
 sys.meta_path.insert(0, BlockHfVlp())
 import torch
 from transformers import AutoModelForVisualQuestionAnswering
-model = AutoModelForVisualQuestionAnswering.from_pretrained(r"{tmp_path / 'repo'}", trust_remote_code=True).eval()
+model = AutoModelForVisualQuestionAnswering.from_pretrained(r"{tmp_path / "repo"}", trust_remote_code=True).eval()
 assert "hf_vlp" not in type(model).__module__
 with torch.no_grad():
-    logits = model(**torch.load(r"{tmp_path / 'inputs.pt'}")).logits
-print("max_abs_diff", (logits - torch.load(r"{tmp_path / 'logits.pt'}")).abs().max().item())
+    logits = model(**torch.load(r"{tmp_path / "inputs.pt"}")).logits
+print("max_abs_diff", (logits - torch.load(r"{tmp_path / "logits.pt"}")).abs().max().item())
 """
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "max_abs_diff 0.0" in result.stdout

@@ -14,8 +14,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "visual_feats", "visual_pos",
-                     "visual_attention_mask")
+MODEL_INPUT_NAMES = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "visual_feats",
+    "visual_pos",
+    "visual_attention_mask",
+)
 MATCHING_CLASS_MEANINGS = ("match", "mismatch")
 
 
@@ -71,8 +77,10 @@ class CptAdapterSpec:
 
     def __post_init__(self):
         if self.matching_class_meaning not in MATCHING_CLASS_MEANINGS:
-            raise ValueError(f"`matching_class_meaning` must be one of {MATCHING_CLASS_MEANINGS}, "
-                             f"got {self.matching_class_meaning!r}.")
+            raise ValueError(
+                f"`matching_class_meaning` must be one of {MATCHING_CLASS_MEANINGS}, "
+                f"got {self.matching_class_meaning!r}."
+            )
         if int(self.matching_class) < 0:
             raise ValueError(f"`matching_class` must be a class index >= 0, got {self.matching_class}.")
 
@@ -135,8 +143,13 @@ ADAPTERS: dict[str, CptAdapterFactory] = {
     "uniter": CptAdapterSpec(encoder="uniter", mlm_head="mlm_head", matching_head="itm_head"),
     # OscarForPreTraining (Oscar / VinVL): the contrastive head's class 1 = "polluted"; CPT's VCR score is
     # 1 - softmax(logits)[1] (`vcr_nsp_cpt.py`)
-    "oscar": CptAdapterSpec(encoder="oscar", mlm_head="mlm_head", matching_head="contrastive_head",
-                            matching_class=1, matching_class_meaning="mismatch"),
+    "oscar": CptAdapterSpec(
+        encoder="oscar",
+        mlm_head="mlm_head",
+        matching_head="contrastive_head",
+        matching_class=1,
+        matching_class_meaning="mismatch",
+    ),
 }
 
 

@@ -19,19 +19,27 @@ def add_cli(subparsers) -> None:
     ground_parser.add_argument("--model", required=True, help="model folder or Hub id (masked-LM VL pretraining model)")
     ground_parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: --model)")
     ground_parser.add_argument("--image", required=True, help="image file")
-    ground_parser.add_argument("--boxes", required=True,
-                               help="candidate boxes: a JSON file or string [[x, y, w, h], ...] (see --box-format)")
+    ground_parser.add_argument(
+        "--boxes", required=True, help="candidate boxes: a JSON file or string [[x, y, w, h], ...] (see --box-format)"
+    )
     ground_parser.add_argument("--box-format", choices=("xywh", "xyxy"), default="xywh")
     ground_parser.add_argument("--text", required=True, help="the referring expression")
     ground_parser.add_argument("--labels", default=None, help="object tags, one per box, comma separated or JSON list")
     ground_parser.add_argument("--masks", default=None, help="JSON file with one COCO RLE per box (paint masks)")
-    ground_parser.add_argument("--method", choices=GROUNDING_METHODS, default="zero_shot",
-                               help="zero_shot: colour logit; ratio: colour / none logit (after few-shot tuning)")
+    ground_parser.add_argument(
+        "--method",
+        choices=GROUNDING_METHODS,
+        default="zero_shot",
+        help="zero_shot: colour logit; ratio: colour / none logit (after few-shot tuning)",
+    )
     ground_parser.add_argument("--template", default="3", help="1-6 or a string with {caption} and [MASK]")
     ground_parser.add_argument("--color", default="red", help="paint colour name (red, blue, ...)")
-    ground_parser.add_argument("--region-features", default=None,
-                               help=".npy of (candidates, candidates, D) features of the painted copies (default: "
-                                    "EfficientNet-lite0 RoI features, hf_vlp.data.RegionFeatureExtractor)")
+    ground_parser.add_argument(
+        "--region-features",
+        default=None,
+        help=".npy of (candidates, candidates, D) features of the painted copies (default: "
+        "EfficientNet-lite0 RoI features, hf_vlp.data.RegionFeatureExtractor)",
+    )
     ground_parser.add_argument("--save-painted", default=None, help="folder to write the painted copies to")
     ground_parser.set_defaults(run=run_cli)  # hf_vlp.cli dispatches to `args.run(args)`
 
@@ -57,7 +65,11 @@ def run_cli(args) -> int:
     boxes = _json_or_file(args.boxes)
     labels = None
     if args.labels:
-        labels = json.loads(args.labels) if args.labels.strip().startswith("[") else [s.strip() for s in args.labels.split(",")]
+        labels = (
+            json.loads(args.labels)
+            if args.labels.strip().startswith("[")
+            else [s.strip() for s in args.labels.split(",")]
+        )
     masks = _json_or_file(args.masks) if args.masks else None
     known = {c.name: c for palette in PALETTES.values() for c in palette if palette is not PALETTES["demo"]}
     if args.color not in known:
@@ -84,8 +96,18 @@ def run_cli(args) -> int:
                 f"the model takes {expected}-d region features but the default extractor gives "
                 f"{region_features.feature_dim}; pass --region-features with the model's own features"
             )
-    result = ground(model, processor, image, boxes, args.text, region_features, labels=labels, masks=masks,
-                    box_format=args.box_format, method=args.method)
+    result = ground(
+        model,
+        processor,
+        image,
+        boxes,
+        args.text,
+        region_features,
+        labels=labels,
+        masks=masks,
+        box_format=args.box_format,
+        method=args.method,
+    )
     if args.save_painted:
         os.makedirs(args.save_painted, exist_ok=True)
         for c, copy in enumerate(result.copies):

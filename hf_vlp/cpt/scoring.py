@@ -45,8 +45,9 @@ def mask_logits(model, inputs: dict, mask_positions: torch.Tensor) -> torch.Tens
     return adapter.mlm_logits(gathered).float()
 
 
-def grounding_scores(logits: torch.Tensor, color_ids: torch.Tensor, none_id: int | None = None,
-                     method: str = "zero_shot") -> torch.Tensor:
+def grounding_scores(
+    logits: torch.Tensor, color_ids: torch.Tensor, none_id: int | None = None, method: str = "zero_shot"
+) -> torch.Tensor:
     """Per painted copy and colour: the raw colour-word logit (`zero_shot`) or logit(colour) / logit(none)
     (`ratio`, the few-shot evaluation; unstable when the `none` logit is near 0, as in the original).
 
@@ -86,7 +87,9 @@ def relation_scores(log_probs: Sequence[torch.Tensor], predicate_ids: Sequence[S
                 "(raise `max_masks`)."
             )
         table = log_probs[len(pieces) - 1]
-        scores[k] = table[torch.arange(len(pieces), device=table.device), torch.as_tensor(pieces, device=table.device)].mean()
+        scores[k] = table[
+            torch.arange(len(pieces), device=table.device), torch.as_tensor(pieces, device=table.device)
+        ].mean()
     return scores
 
 
@@ -113,8 +116,13 @@ def _extract(region_features, images, boxes) -> list[np.ndarray]:
     return [np.asarray(f, dtype=np.float32) for f in features]
 
 
-def region_inputs(features: Sequence[np.ndarray], boxes_xyxy: Sequence[np.ndarray], width: float, height: float,
-                  max_regions: int | None = None) -> dict:
+def region_inputs(
+    features: Sequence[np.ndarray],
+    boxes_xyxy: Sequence[np.ndarray],
+    width: float,
+    height: float,
+    max_regions: int | None = None,
+) -> dict:
     """Padded `visual_feats`, `visual_pos` (boxes / image size: CPT's 6-d geometry is derived from it inside
     Oscar) and `visual_attention_mask`, one row per painted copy."""
     rows = len(features)
@@ -157,8 +165,18 @@ class GroundingInputs:
     target_words: list[str] | None = None
 
 
-def grounding_inputs(processor: CptProcessor, image, boxes, text: str, region_features, labels=None, masks=None,
-                     box_format: str = "xywh", target_box=None, span=None) -> GroundingInputs:
+def grounding_inputs(
+    processor: CptProcessor,
+    image,
+    boxes,
+    text: str,
+    region_features,
+    labels=None,
+    masks=None,
+    box_format: str = "xywh",
+    target_box=None,
+    span=None,
+) -> GroundingInputs:
     """Paint one copy per candidate (per colour group), extract every candidate's features from every copy, and
     tokenize the processor's template (default `<text> is in [MASK] color.`) with, if `labels` are given, the
     object tags carrying the painted candidate's colour word."""
@@ -179,8 +197,9 @@ def grounding_inputs(processor: CptProcessor, image, boxes, text: str, region_fe
     targets = None
     if target_box is not None:
         targets = processor.grounding_targets(copies, target_box, box_format)
-    return GroundingInputs(inputs, encoded["mask_positions"], color_ids, [c.candidates for c in copies],
-                           copies, texts, targets)
+    return GroundingInputs(
+        inputs, encoded["mask_positions"], color_ids, [c.candidates for c in copies], copies, texts, targets
+    )
 
 
 @dataclass
@@ -194,8 +213,12 @@ class GroundingResult:
     copies: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"scores": self.scores.tolist(), "best_index": self.best_index, "method": self.method,
-                "prompts": [list(t) for t in self.texts]}
+        return {
+            "scores": self.scores.tolist(),
+            "best_index": self.best_index,
+            "method": self.method,
+            "prompts": [list(t) for t in self.texts],
+        }
 
 
 def _check_finite(scores: torch.Tensor, what: str = "scores", hint: str = "") -> torch.Tensor:
@@ -211,8 +234,9 @@ def _check_finite(scores: torch.Tensor, what: str = "scores", hint: str = "") ->
     return scores
 
 
-def candidate_scores(logits: torch.Tensor, prepared: GroundingInputs, none_id: int | None = None,
-                     method: str = "zero_shot") -> torch.Tensor:
+def candidate_scores(
+    logits: torch.Tensor, prepared: GroundingInputs, none_id: int | None = None, method: str = "zero_shot"
+) -> torch.Tensor:
     """Scores in candidate order from the (copies, V) mask logits (the `val()` loops of CPT, vectorised). A NaN or
     infinite score is an error: the best candidate would be meaningless (argmax picks NaN)."""
     color_ids = prepared.color_ids.clamp_min(0)
@@ -227,8 +251,19 @@ def candidate_scores(logits: torch.Tensor, prepared: GroundingInputs, none_id: i
 
 
 @torch.no_grad()
-def ground(model, processor: CptProcessor, image, boxes, text: str, region_features, labels=None, masks=None,
-           box_format: str = "xywh", method: str = "zero_shot", span=None) -> GroundingResult:
+def ground(
+    model,
+    processor: CptProcessor,
+    image,
+    boxes,
+    text: str,
+    region_features,
+    labels=None,
+    masks=None,
+    box_format: str = "xywh",
+    method: str = "zero_shot",
+    span=None,
+) -> GroundingResult:
     """Zero-shot (`method="zero_shot"`) or few-shot (`"ratio"`) CPT grounding of `text` among candidate `boxes`."""
     if method not in GROUNDING_METHODS:
         raise ValueError(f"`method` must be one of {GROUNDING_METHODS}, got {method!r}.")
@@ -250,8 +285,9 @@ def ground(model, processor: CptProcessor, image, boxes, text: str, region_featu
 
 
 @torch.no_grad()
-def predicate_scores(model, inputs: dict, mask_positions: Sequence[Sequence[int]], predicate_ids,
-                     max_masks: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+def predicate_scores(
+    model, inputs: dict, mask_positions: Sequence[Sequence[int]], predicate_ids, max_masks: int = 3
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward and reverse predicate scores of one painted pair from its `2 * max_masks` prompt rows
     (`CptProcessor.relation_texts` order: 1..max_masks masks forward, then reversed)."""
     if len(mask_positions) != 2 * max_masks:
@@ -267,8 +303,16 @@ def predicate_scores(model, inputs: dict, mask_positions: Sequence[Sequence[int]
     return forward, reverse
 
 
-def relation_inputs(processor: CptProcessor, image, boxes_xyxy, pair: tuple[int, int], labels: Sequence[str],
-                    region_features, colors="vg", max_masks: int = 3) -> tuple[dict, list[list[int]], object]:
+def relation_inputs(
+    processor: CptProcessor,
+    image,
+    boxes_xyxy,
+    pair: tuple[int, int],
+    labels: Sequence[str],
+    region_features,
+    colors="vg",
+    max_masks: int = 3,
+) -> tuple[dict, list[list[int]], object]:
     """VG-style relation prompts of one ordered pair: the subject painted red and the object blue on one copy,
     every box's feature from it, and the `2 * max_masks` prompt rows (`vg_test_dataset.py`). Returns the model
     inputs, the mask positions per row and the painted image."""
@@ -284,8 +328,10 @@ def relation_inputs(processor: CptProcessor, image, boxes_xyxy, pair: tuple[int,
     positions = encoded["mask_positions"]
     for row, row_positions in enumerate(positions):
         if len(row_positions) != row % max_masks + 1:
-            raise ValueError(f"prompt {row} ({texts[row][0]!r}) lost its [MASK] tokens to truncation; "
-                             "raise the processor's `max_text_length`.")
+            raise ValueError(
+                f"prompt {row} ({texts[row][0]!r}) lost its [MASK] tokens to truncation; "
+                "raise the processor's `max_text_length`."
+            )
     inputs = {k: encoded[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
     regions = region_inputs(features, [boxes], width, height)
     inputs.update({k: v.expand(len(texts), *v.shape[1:]) for k, v in regions.items()})
@@ -293,12 +339,22 @@ def relation_inputs(processor: CptProcessor, image, boxes_xyxy, pair: tuple[int,
 
 
 @torch.no_grad()
-def predict_relation(model, processor: CptProcessor, image, boxes_xyxy, pair: tuple[int, int], labels,
-                     predicates: Sequence[str], region_features, max_masks: int = 3):
+def predict_relation(
+    model,
+    processor: CptProcessor,
+    image,
+    boxes_xyxy,
+    pair: tuple[int, int],
+    labels,
+    predicates: Sequence[str],
+    region_features,
+    max_masks: int = 3,
+):
     """Scores of every predicate for `subject pair[0] -> object pair[1]` and the reverse direction (mean
     log-probability of the predicate's word pieces; `fewshot/vg_cpt.py val`). Returns (forward, reverse)."""
-    inputs, positions, _ = relation_inputs(processor, image, boxes_xyxy, pair, labels, region_features,
-                                           max_masks=max_masks)
+    inputs, positions, _ = relation_inputs(
+        processor, image, boxes_xyxy, pair, labels, region_features, max_masks=max_masks
+    )
     predicate_ids = predicate_token_ids(processor.tokenizer, predicates)
     was_training = model.training
     model.eval()

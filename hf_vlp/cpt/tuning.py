@@ -18,8 +18,9 @@ from .adapters import adapter_for
 from .scoring import grounding_inputs
 
 
-def grounding_training_rows(processor: CptProcessor, examples: Sequence[dict], region_features, seed: int = 0,
-                            balance: bool = True) -> list[dict]:
+def grounding_training_rows(
+    processor: CptProcessor, examples: Sequence[dict], region_features, seed: int = 0, balance: bool = True
+) -> list[dict]:
     """Training rows for few-shot CPT grounding (`RefcocoCPTDataset`, is_train=True).
 
     Each example: `image`, `boxes` (candidates), `text`, and `target_index` (the referred candidate) or
@@ -36,8 +37,17 @@ def grounding_training_rows(processor: CptProcessor, examples: Sequence[dict], r
             if "target_index" not in example:
                 raise ValueError(f"example {n} needs `target_index` or `target_box`.")
             target = example["boxes"][int(example["target_index"])]
-        prepared = grounding_inputs(processor, example["image"], example["boxes"], example["text"], region_features,
-                                    example.get("labels"), example.get("masks"), box_format, target_box=target)
+        prepared = grounding_inputs(
+            processor,
+            example["image"],
+            example["boxes"],
+            example["text"],
+            region_features,
+            example.get("labels"),
+            example.get("masks"),
+            box_format,
+            target_box=target,
+        )
         words = prepared.target_words
         label_ids = processor.color_token_ids(words)
         positives = [c for c, w in enumerate(words) if w != processor.none_word]
@@ -93,15 +103,32 @@ class CptForMaskedLM(nn.Module):
         self.adapter = adapter_for(model)
         self.config = getattr(model, "config", None)
 
-    def forward(self, input_ids, visual_feats, visual_pos, labels=None, attention_mask=None, token_type_ids=None,
-                visual_attention_mask=None, **kwargs):
-        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                      visual_feats=visual_feats, visual_pos=visual_pos, visual_attention_mask=visual_attention_mask)
+    def forward(
+        self,
+        input_ids,
+        visual_feats,
+        visual_pos,
+        labels=None,
+        attention_mask=None,
+        token_type_ids=None,
+        visual_attention_mask=None,
+        **kwargs,
+    ):
+        inputs = dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            visual_feats=visual_feats,
+            visual_pos=visual_pos,
+            visual_attention_mask=visual_attention_mask,
+        )
         hidden = self.adapter.text_hidden_states(inputs)
         if labels is None:
             return CptMaskedLMOutput(logits=self.adapter.mlm_logits(hidden))
         if labels.shape != input_ids.shape:
-            raise ValueError(f"`labels` must have the shape of `input_ids` {tuple(input_ids.shape)}, got {tuple(labels.shape)}.")
+            raise ValueError(
+                f"`labels` must have the shape of `input_ids` {tuple(input_ids.shape)}, got {tuple(labels.shape)}."
+            )
         selected = labels != -100
         logits = self.adapter.mlm_logits(hidden[selected]).float()
         loss = F.cross_entropy(logits, labels[selected]) if selected.any() else hidden.sum() * 0.0
@@ -114,15 +141,32 @@ def few_shot_training_arguments(output_dir: str = "cpt-few-shot", **overrides):
     from transformers import TrainingArguments
 
     defaults = dict(
-        output_dir=output_dir, learning_rate=3e-5, weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.98,
-        warmup_steps=0.1, num_train_epochs=40, per_device_train_batch_size=32, save_strategy="no", report_to=[],
-        use_cpu=not torch.cuda.is_available(), logging_steps=10, remove_unused_columns=False,
+        output_dir=output_dir,
+        learning_rate=3e-5,
+        weight_decay=0.01,
+        adam_beta1=0.9,
+        adam_beta2=0.98,
+        warmup_steps=0.1,
+        num_train_epochs=40,
+        per_device_train_batch_size=32,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        logging_steps=10,
+        remove_unused_columns=False,
     )
     return TrainingArguments(**{**defaults, **overrides})
 
 
-def tune(model, processor: CptProcessor, examples: Sequence[dict], region_features, training_args=None,
-         seed: int = 0, **trainer_kwargs):
+def tune(
+    model,
+    processor: CptProcessor,
+    examples: Sequence[dict],
+    region_features,
+    training_args=None,
+    seed: int = 0,
+    **trainer_kwargs,
+):
     """Few-shot CPT: fine-tune `model` in place with the MLM loss on the colour word / "none" through
     `transformers.Trainer` (`few_shot_training_arguments()` unless `training_args` is given); returns the Trainer."""
     from transformers import Trainer
@@ -130,8 +174,13 @@ def tune(model, processor: CptProcessor, examples: Sequence[dict], region_featur
     rows = grounding_training_rows(processor, examples, region_features, seed=seed)
     if training_args is None:
         training_args = few_shot_training_arguments(seed=seed)
-    trainer = Trainer(model=CptForMaskedLM(model), args=training_args, train_dataset=_RowDataset(rows),
-                      data_collator=CptDataCollator(), **trainer_kwargs)
+    trainer = Trainer(
+        model=CptForMaskedLM(model),
+        args=training_args,
+        train_dataset=_RowDataset(rows),
+        data_collator=CptDataCollator(),
+        **trainer_kwargs,
+    )
     trainer.train()
     model.eval()
     return trainer

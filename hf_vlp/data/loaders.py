@@ -23,15 +23,51 @@ from pathlib import Path
 import datasets
 
 # Official VQA evaluation normalisation, compactly: punctuation, periods, number words, articles, contractions.
-PUNCTUATION = ";/[]\"{}()=+\\_-><@`,?!"
+PUNCTUATION = ';/[]"{}()=+\\_-><@`,?!'
 ARTICLES = {"a", "an", "the"}
-NUMBER_WORDS = {word: str(value) for value, word in enumerate(
-    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"])} | {"none": "0"}
+NUMBER_WORDS = {
+    word: str(value)
+    for value, word in enumerate(
+        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+    )
+} | {"none": "0"}
 # Apostrophe-less spellings annotators typed, mapped back ("dont" -> "don't").
-CONTRACTIONS = {word.replace("'", ""): word for word in (
-    "ain't", "aren't", "can't", "couldn't", "didn't", "doesn't", "don't", "hadn't", "hasn't", "haven't", "isn't",
-    "mightn't", "mustn't", "shouldn't", "wasn't", "weren't", "won't", "wouldn't", "i'm", "i've", "you're",
-    "you've", "they're", "they've", "we've", "what's", "that's", "there's", "where's", "who's", "how's")}
+CONTRACTIONS = {
+    word.replace("'", ""): word
+    for word in (
+        "ain't",
+        "aren't",
+        "can't",
+        "couldn't",
+        "didn't",
+        "doesn't",
+        "don't",
+        "hadn't",
+        "hasn't",
+        "haven't",
+        "isn't",
+        "mightn't",
+        "mustn't",
+        "shouldn't",
+        "wasn't",
+        "weren't",
+        "won't",
+        "wouldn't",
+        "i'm",
+        "i've",
+        "you're",
+        "you've",
+        "they're",
+        "they've",
+        "we've",
+        "what's",
+        "that's",
+        "there's",
+        "where's",
+        "who's",
+        "how's",
+    )
+}
 
 
 def normalize_answer(answer: str) -> str:
@@ -51,8 +87,7 @@ def normalize_answer(answer: str) -> str:
 def vqa_answer_scores(answers: list[str]) -> dict[str, float]:
     """Official VQA accuracy of every distinct (already normalised) answer against the human answers."""
     counts, total = Counter(answers), len(answers)
-    return {answer: (c * min(1.0, (c - 1) / 3) + (total - c) * min(1.0, c / 3)) / total
-            for answer, c in counts.items()}
+    return {answer: (c * min(1.0, (c - 1) / 3) + (total - c) * min(1.0, c / 3)) / total for answer, c in counts.items()}
 
 
 def build_answer_vocabulary(answers: Iterable, top_k: int = 3129, min_count: int = 1) -> list[str]:
@@ -67,8 +102,10 @@ def build_answer_vocabulary(answers: Iterable, top_k: int = 3129, min_count: int
     counts = Counter()
     for item in answers:
         counts.update({normalize_answer(item)} if isinstance(item, str) else {normalize_answer(a) for a in item})
-    ranked = sorted((answer for answer, count in counts.items() if count >= min_count and answer),
-                    key=lambda answer: (-counts[answer], answer))
+    ranked = sorted(
+        (answer for answer, count in counts.items() if count >= min_count and answer),
+        key=lambda answer: (-counts[answer], answer),
+    )
     return ranked[:top_k]
 
 
@@ -99,13 +136,17 @@ def _require(entry: dict, keys: tuple[str, ...], where: str) -> None:
 
 def _attach_regions(columns: dict, features: dict, region_features) -> None:
     """Add `boxes`, `region_features` (and sizes when missing) for each row's image, from reader dicts."""
-    by_id = {str(record["image_id"]): record for record in
-             (region_features.values() if isinstance(region_features, Mapping) else region_features)}
+    by_id = {
+        str(record["image_id"]): record
+        for record in (region_features.values() if isinstance(region_features, Mapping) else region_features)
+    }
     records = [by_id.get(str(image_id)) for image_id in columns["image_id"]]
     missing = sorted({str(i) for i, record in zip(columns["image_id"], records) if record is None})
     if missing:
-        raise ValueError(f"region_features has no entry for {len(missing)} image(s), e.g. {missing[:5]}; "
-                         "filter the rows or the annotations to the images you have features for")
+        raise ValueError(
+            f"region_features has no entry for {len(missing)} image(s), e.g. {missing[:5]}; "
+            "filter the rows or the annotations to the images you have features for"
+        )
     columns["boxes"] = [record["boxes"] for record in records]
     columns["region_features"] = [record["features"] for record in records]
     float_matrix = datasets.List(datasets.List(datasets.Value("float32")))
@@ -116,8 +157,9 @@ def _attach_regions(columns: dict, features: dict, region_features) -> None:
             features[name] = datasets.Value("int32")
 
 
-def load_coco_captions(annotations_file: str | os.PathLike, image_dir: str | os.PathLike | None = None,
-                       region_features=None) -> datasets.Dataset:
+def load_coco_captions(
+    annotations_file: str | os.PathLike, image_dir: str | os.PathLike | None = None, region_features=None
+) -> datasets.Dataset:
     """COCO captions JSON (`images` + `annotations` with `image_id`, `caption`) -> one row per caption.
 
     Columns: `image_id`, `caption_id`, `text`, `file_name`, `image_width`, `image_height`; `image` (decoded
@@ -134,8 +176,10 @@ def load_coco_captions(annotations_file: str | os.PathLike, image_dir: str | os.
         _require(entry, ("image_id", "caption"), "annotations_file annotations entry")
         image = images.get(entry["image_id"])
         if image is None:
-            raise ValueError(f"annotations_file: caption {entry.get('id')} refers to image_id {entry['image_id']}, "
-                             "which is not in 'images'")
+            raise ValueError(
+                f"annotations_file: caption {entry.get('id')} refers to image_id {entry['image_id']}, "
+                "which is not in 'images'"
+            )
         columns["image_id"].append(entry["image_id"])
         columns["caption_id"].append(entry.get("id", len(columns["caption_id"])))
         columns["text"].append(entry["caption"].strip())
@@ -160,9 +204,13 @@ def load_coco_captions(annotations_file: str | os.PathLike, image_dir: str | os.
     return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
 
 
-def load_vqa_v2(questions_file: str | os.PathLike, annotations_file: str | os.PathLike | None = None,
-                answer_vocabulary: list[str] | None = None, top_k: int = 3129,
-                region_features=None) -> datasets.Dataset:
+def load_vqa_v2(
+    questions_file: str | os.PathLike,
+    annotations_file: str | os.PathLike | None = None,
+    answer_vocabulary: list[str] | None = None,
+    top_k: int = 3129,
+    region_features=None,
+) -> datasets.Dataset:
     """VQA v2 questions (+ annotations) JSON -> one row per question.
 
     Columns: `question_id`, `image_id`, `question`; with `annotations_file` also `question_type`, `answer_type`,
@@ -177,8 +225,11 @@ def load_vqa_v2(questions_file: str | os.PathLike, annotations_file: str | os.Pa
         _require(entry, ("question_id", "image_id", "question"), "questions_file questions entry")
         for name, values in columns.items():
             values.append(entry[name])
-    features = {"question_id": datasets.Value("int64"), "image_id": _id_feature(columns["image_id"]),
-                "question": datasets.Value("string")}
+    features = {
+        "question_id": datasets.Value("int64"),
+        "image_id": _id_feature(columns["image_id"]),
+        "question": datasets.Value("string"),
+    }
     if annotations_file is not None:
         annotations = {}
         for entry in _read_json(annotations_file, ("annotations",), "annotations_file"):
@@ -189,10 +240,17 @@ def load_vqa_v2(questions_file: str | os.PathLike, annotations_file: str | os.Pa
             raise ValueError(f"annotations_file has no annotation for {len(missing)} question(s), e.g. {missing[:5]}")
         rows = [annotations[q] for q in columns["question_id"]]
         answers = [[normalize_answer(a["answer"]) for a in row["answers"]] for row in rows]
-        majority = [normalize_answer(row["multiple_choice_answer"]) if "multiple_choice_answer" in row
-                    else Counter(human).most_common(1)[0][0] if human else "" for row, human in zip(rows, answers)]
-        vocabulary = (list(answer_vocabulary) if answer_vocabulary is not None
-                      else build_answer_vocabulary(majority, top_k))
+        majority = [
+            normalize_answer(row["multiple_choice_answer"])
+            if "multiple_choice_answer" in row
+            else Counter(human).most_common(1)[0][0]
+            if human
+            else ""
+            for row, human in zip(rows, answers)
+        ]
+        vocabulary = (
+            list(answer_vocabulary) if answer_vocabulary is not None else build_answer_vocabulary(majority, top_k)
+        )
         if not vocabulary:
             raise ValueError("answer_vocabulary is empty")
         index = {answer: i for i, answer in enumerate(vocabulary)}

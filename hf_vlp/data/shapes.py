@@ -32,8 +32,13 @@ from PIL import Image, ImageDraw
 # Detector-style class vocabulary: index 0 is "background", as in Faster R-CNN heads (and the 1601 VG classes).
 SHAPES_CLASSES = ("background", "circle", "square", "triangle", "diamond", "cross")
 SHAPE_NAMES = SHAPES_CLASSES[1:]
-SHAPE_PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "diamond": "diamonds",
-                 "cross": "crosses"}
+SHAPE_PLURALS = {
+    "circle": "circles",
+    "square": "squares",
+    "triangle": "triangles",
+    "diamond": "diamonds",
+    "cross": "crosses",
+}
 # Colour attribute vocabulary and the RGB each colour is drawn with (far apart, so colour is never ambiguous).
 SHAPES_COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
 COLOR_RGB = {
@@ -153,8 +158,10 @@ def generate_scene(seed: int, split: str, index: int, image_size: int = 128) -> 
             side = round(int(rng.integers(low, high + 1)) * scale)
             x = int(rng.integers(margin, image_size - side - margin + 1))
             y = int(rng.integers(margin, image_size - side - margin + 1))
-            if all(x + side + gap <= px or px + pside + gap <= x or y + side + gap <= py or py + pside + gap <= y
-                   for px, py, pside in placed):
+            if all(
+                x + side + gap <= px or px + pside + gap <= x or y + side + gap <= py or py + pside + gap <= y
+                for px, py, pside in placed
+            ):
                 break
         else:
             continue
@@ -188,8 +195,10 @@ def generate_scenes(num_images: int, seed: int = 0, split: str = "train", image_
 
 
 def _count(objects, shape=None, color=None, size=None) -> int:
-    return sum((shape is None or o.shape == shape) and (color is None or o.color == color)
-               and (size is None or o.size == size) for o in objects)
+    return sum(
+        (shape is None or o.shape == shape) and (color is None or o.color == color) and (size is None or o.size == size)
+        for o in objects
+    )
 
 
 def _noun_phrase(shape=None, color=None, size=None, plural=False) -> str:
@@ -207,8 +216,14 @@ def _article(phrase: str) -> str:
 def _descriptions(obj: ShapeObject, objects: list[ShapeObject], use_color=True, use_shape=True) -> list[str]:
     """Every attribute description ("the circle", "the small red circle", ...) that names `obj` alone."""
     found = []
-    for keys in (("shape",), ("color",), ("size", "shape"), ("color", "shape"), ("size", "color"),
-                 ("size", "color", "shape")):
+    for keys in (
+        ("shape",),
+        ("color",),
+        ("size", "shape"),
+        ("color", "shape"),
+        ("size", "color"),
+        ("size", "color", "shape"),
+    ):
         if (not use_color and "color" in keys) or (not use_shape and "shape" in keys):
             continue
         attributes = {key: getattr(obj, key) for key in keys}
@@ -244,7 +259,8 @@ def _captions(scene: Scene, rng: np.random.Generator, count: int) -> list[dict]:
     objects = scene.objects
     ordered = sorted(objects, key=lambda o: o.center[0])
     listing = _pick(rng, ["", "an image with ", "a canvas with ", "there is "]) + _list_phrase(
-        [_article(o.phrase()) for o in ordered])
+        [_article(o.phrase()) for o in ordered]
+    )
     candidates = [listing]
     pairs = [(a, b) for a in objects for b in objects if a is not b and _relation(a, b)]
     for index in rng.permutation(len(pairs))[:2]:
@@ -282,7 +298,9 @@ def _vqa_candidates(objects: list[ShapeObject], question_type: str, rng) -> list
             found.append((f"is there {_article(shape)}?", "yes" if present else "no", "shape"))
             for color in SHAPES_COLORS:
                 phrase = _noun_phrase(shape, color)
-                found.append((f"is there {_article(phrase)}?", "yes" if _count(objects, shape, color) else "no", "pair"))
+                found.append(
+                    (f"is there {_article(phrase)}?", "yes" if _count(objects, shape, color) else "no", "pair")
+                )
     elif question_type == "spatial":
         for a in objects:
             for b in objects:
@@ -380,8 +398,9 @@ def _visible_statements(objects, obj, rng) -> list[tuple[str, bool]]:
         if other is not obj and abs(dx) > SPATIAL_MARGIN:
             side = _pick(rng, ["left", "right"])
             holds = (dx > 0) == (side == "left")
-            statements.append((f"the {obj.color} {obj.shape} is to the {side} of the {other.color} {other.shape}.",
-                               holds))
+            statements.append(
+                (f"the {obj.color} {obj.shape} is to the {side} of the {other.color} {other.shape}.", holds)
+            )
     return statements
 
 
@@ -396,8 +415,12 @@ def _nlvr2(left: Scene, right: Scene, rng: np.random.Generator, label: int) -> d
         "left only": lambda n, m: n > 0 and m == 0,
         "total": None,
     }
-    attributes = [{"shape": s} for s in SHAPE_NAMES] + [{"color": c} for c in SHAPES_COLORS] + [
-        {"shape": s, "color": c} for c in SHAPES_COLORS for s in SHAPE_NAMES] + [{}]
+    attributes = (
+        [{"shape": s} for s in SHAPE_NAMES]
+        + [{"color": c} for c in SHAPES_COLORS]
+        + [{"shape": s, "color": c} for c in SHAPES_COLORS for s in SHAPE_NAMES]
+        + [{}]
+    )
     truth = bool(label)
     # Template first, then the kind of attribute (shape / colour / both / all shapes), then the attribute, each
     # uniformly among those that can reach the wanted truth value: the wording alone then says little about
@@ -498,8 +521,14 @@ def _region_features(scenes, feature_extractor, cache_dir, seed, split, image_si
     cache_key = getattr(extractor, "cache_key", None)  # extractors without one are not cached
     path = None
     if cache_dir is not False and cache_key is not None:
-        root = Path(cache_dir if cache_dir is not None else
-                    os.environ.get("HF_VLP_CACHE", Path.home() / ".cache" / "hf_vlp")) / "shapes_features"
+        root = (
+            Path(
+                cache_dir
+                if cache_dir is not None
+                else os.environ.get("HF_VLP_CACHE", Path.home() / ".cache" / "hf_vlp")
+            )
+            / "shapes_features"
+        )
         key = repr((SHAPES_VERSION, seed, split, len(scenes), image_size, cache_key()))
         path = root / f"{split}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
         if path.exists():
@@ -552,8 +581,11 @@ def shapes_dataset(
     if task == "nlvr2" and num_images < 2:
         raise ValueError(f"num_images must be >= 2 for task 'nlvr2' (pairs of scenes), got {num_images}")
     scenes = generate_scenes(num_images, seed, split, image_size)
-    features = (_region_features(scenes, feature_extractor, cache_dir, seed, split, image_size)
-                if with_region_features else [None] * len(scenes))
+    features = (
+        _region_features(scenes, feature_extractor, cache_dir, seed, split, image_size)
+        if with_region_features
+        else [None] * len(scenes)
+    )
     feature_dim = features[0].shape[1] if with_region_features else None
 
     task_id = SHAPES_TASKS.index(task)
@@ -572,8 +604,9 @@ def shapes_dataset(
             samples = _vqa(scene, rng, samples_per_image)
             for k, sample in enumerate(samples):
                 answer_id = SHAPES_VQA_ANSWERS.index(sample["answer"])
-                sample.update(question_id=index * 100 + k, answers=[sample["answer"]], answer_ids=[answer_id],
-                              answer_scores=[1.0])
+                sample.update(
+                    question_id=index * 100 + k, answers=[sample["answer"]], answer_ids=[answer_id], answer_scores=[1.0]
+                )
         elif task == "refexp":
             samples = _refexp(scene, rng, samples_per_image)
         else:

@@ -20,7 +20,9 @@ def check_visual_inputs(visual_feats, visual_pos, visual_attention_mask=None, ba
     if visual_feats is None:
         raise ValueError("`visual_feats` is required: region features of shape (batch, regions, feature_dim).")
     if visual_feats.dim() != 3:
-        raise ValueError(f"`visual_feats` must be (batch, regions, feature_dim), got shape {tuple(visual_feats.shape)}.")
+        raise ValueError(
+            f"`visual_feats` must be (batch, regions, feature_dim), got shape {tuple(visual_feats.shape)}."
+        )
     if visual_pos is None:
         raise ValueError("`visual_pos` is required: boxes of shape (batch, regions, 4), x1,y1,x2,y2 in [0, 1].")
     if visual_pos.dim() != 3 or visual_pos.shape[-1] != 4:
@@ -72,9 +74,7 @@ def check_visual_inputs(visual_feats, visual_pos, visual_attention_mask=None, ba
     example, region = (int(i) for i in bad.nonzero()[0])
     where = f"example {example}, region {region}"
     if name == "visual_feats non-finite":
-        raise ValueError(
-            f"`visual_feats` holds NaN or infinite values at {where} ({int(bad.sum())} region(s) in all)."
-        )
+        raise ValueError(f"`visual_feats` holds NaN or infinite values at {where} ({int(bad.sum())} region(s) in all).")
     box = [round(float(v), 4) for v in visual_pos[example, region]]
     if name == "visual_pos non-finite":
         raise ValueError(f"`visual_pos` holds NaN or infinite values at {where}: {box}.")

@@ -17,7 +17,9 @@ from .attention import AttentionBlock, ResidualOutput
 from .transformer import Intermediate, StreamSpec
 
 
-def stream_attention(config, stream: StreamSpec, context_size=None, attention_size=None, num_heads=None, layer_norm_eps=1e-12):
+def stream_attention(
+    config, stream: StreamSpec, context_size=None, attention_size=None, num_heads=None, layer_norm_eps=1e-12
+):
     """An `AttentionBlock` whose queries come from `stream` (its width, heads and dropouts); with `context_size`, the
     keys/values come from another stream of that width, through an attention `attention_size` wide with `num_heads`
     heads (ViLBERT's `bi_hidden_size` / `bi_num_attention_heads`)."""

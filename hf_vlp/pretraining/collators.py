@@ -207,9 +207,7 @@ class DataCollatorForVLPretraining:
         draw = torch.rand(input_ids.shape, generator=self._mask_rng)
         input_ids[masked & (draw < 0.8)] = tokenizer.mask_token_id
         random_tokens = masked & (draw >= 0.8) & (draw < 0.9)
-        input_ids[random_tokens] = torch.randint(
-            len(tokenizer), (int(random_tokens.sum()),), generator=self._mask_rng
-        )
+        input_ids[random_tokens] = torch.randint(len(tokenizer), (int(random_tokens.sum()),), generator=self._mask_rng)
         return input_ids, labels
 
     def _mask_regions(self, visual_attention_mask, rows_to_mask):

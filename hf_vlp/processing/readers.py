@@ -52,8 +52,9 @@ def _decode(field: str, count: int, width: int | None, name: str, where: str) ->
             raise ValueError(f"{where}: column {name!r} has {flat.size} floats, not a multiple of num_boxes={count}")
         width = flat.size // count
     if flat.size != count * width:
-        raise ValueError(f"{where}: column {name!r} has {flat.size} floats, expected num_boxes * {width} = "
-                         f"{count * width}")
+        raise ValueError(
+            f"{where}: column {name!r} has {flat.size} floats, expected num_boxes * {width} = {count * width}"
+        )
     return flat.reshape(count, width).copy()  # copy: frombuffer arrays are read-only
 
 
@@ -67,14 +68,18 @@ def _check_record(record: dict, where: str) -> dict:
         finite = np.isfinite(record[name])
         if not finite.all():
             row, column = (int(i) for i in np.argwhere(~finite)[0])
-            raise ValueError(f"{where}: {name} hold {int((~finite).sum())} NaN or infinite value(s), first at box "
-                             f"{row}, column {column}")
+            raise ValueError(
+                f"{where}: {name} hold {int((~finite).sum())} NaN or infinite value(s), first at box "
+                f"{row}, column {column}"
+            )
     boxes = record["boxes"]
     flipped = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
     if flipped.any():
         row = int(np.argmax(flipped))
-        raise ValueError(f"{where}: boxes must be x1, y1, x2, y2 with x2 >= x1 and y2 >= y1; box {row} is "
-                         f"{boxes[row].tolist()} ({int(flipped.sum())} such box(es))")
+        raise ValueError(
+            f"{where}: boxes must be x1, y1, x2, y2 with x2 >= x1 and y2 >= y1; box {row} is "
+            f"{boxes[row].tolist()} ({int(flipped.sum())} such box(es))"
+        )
     return record
 
 
@@ -97,17 +102,22 @@ def read_bua_tsv(path: str | os.PathLike, fieldnames: tuple[str, ...] = BUA_TSV_
             try:
                 num_boxes, width, height = int(row["num_boxes"]), int(float(row["image_w"])), int(float(row["image_h"]))
             except (ValueError, OverflowError):  # OverflowError: int(float("inf"))
-                raise ValueError(f"{where}: num_boxes / image_w / image_h must be finite numbers, got "
-                                 f"{row['num_boxes']!r} / {row['image_w']!r} / {row['image_h']!r}") from None
+                raise ValueError(
+                    f"{where}: num_boxes / image_w / image_h must be finite numbers, got "
+                    f"{row['num_boxes']!r} / {row['image_w']!r} / {row['image_h']!r}"
+                ) from None
             if num_boxes < 0:
                 raise ValueError(f"{where}: num_boxes must be >= 0, got {num_boxes}")
-            yield _check_record({
-                "image_id": _image_id(row["image_id"]),
-                "image_width": width,
-                "image_height": height,
-                "boxes": _decode(row["boxes"], num_boxes, 4, "boxes", where),
-                "features": _decode(row["features"], num_boxes, None, "features", where),
-            }, where)
+            yield _check_record(
+                {
+                    "image_id": _image_id(row["image_id"]),
+                    "image_width": width,
+                    "image_height": height,
+                    "boxes": _decode(row["boxes"], num_boxes, 4, "boxes", where),
+                    "features": _decode(row["features"], num_boxes, None, "features", where),
+                },
+                where,
+            )
 
 
 def write_bua_tsv(path: str | os.PathLike, records: Iterable[dict]) -> int:
@@ -125,14 +135,20 @@ def write_bua_tsv(path: str | os.PathLike, records: Iterable[dict]) -> int:
             if boxes.ndim != 2 or boxes.shape[1] != 4:
                 raise ValueError(f"records[{index}]['boxes'] must have shape (N, 4), got {boxes.shape}")
             if features.ndim != 2 or features.shape[0] != boxes.shape[0]:
-                raise ValueError(f"records[{index}]['features'] must have shape (N={boxes.shape[0]}, D), got "
-                                 f"{features.shape}")
+                raise ValueError(
+                    f"records[{index}]['features'] must have shape (N={boxes.shape[0]}, D), got {features.shape}"
+                )
             _check_record({**record, "boxes": boxes, "features": features}, f"records[{index}]")
-            writer.writerow([
-                record["image_id"], int(record["image_width"]), int(record["image_height"]), boxes.shape[0],
-                base64.b64encode(boxes.tobytes()).decode("ascii"),
-                base64.b64encode(features.tobytes()).decode("ascii"),
-            ])
+            writer.writerow(
+                [
+                    record["image_id"],
+                    int(record["image_width"]),
+                    int(record["image_height"]),
+                    boxes.shape[0],
+                    base64.b64encode(boxes.tobytes()).decode("ascii"),
+                    base64.b64encode(features.tobytes()).decode("ascii"),
+                ]
+            )
             written += 1
     return written
 
@@ -167,12 +183,16 @@ def read_npz_features(paths: str | os.PathLike | Iterable[str | os.PathLike]) ->
             try:
                 width, height = int(sizes[0]), int(sizes[1])
             except (TypeError, ValueError, OverflowError):  # NaN / inf / an array instead of a number
-                raise ValueError(f"{path}: the image width / height must be finite numbers, got {sizes[0]!r} / "
-                                 f"{sizes[1]!r}") from None
-            yield _check_record({
-                "image_id": image_id,
-                "image_width": width,
-                "image_height": height,
-                "boxes": boxes,
-                "features": features,
-            }, str(path))
+                raise ValueError(
+                    f"{path}: the image width / height must be finite numbers, got {sizes[0]!r} / {sizes[1]!r}"
+                ) from None
+            yield _check_record(
+                {
+                    "image_id": image_id,
+                    "image_width": width,
+                    "image_height": height,
+                    "boxes": boxes,
+                    "features": features,
+                },
+                str(path),
+            )

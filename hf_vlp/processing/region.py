@@ -48,8 +48,9 @@ def _check_finite(array, name, index):
 
 
 def _check_max_regions(max_regions):
-    if max_regions is not None and (isinstance(max_regions, bool) or not isinstance(max_regions, (int, np.integer))
-                                    or max_regions < 1):
+    if max_regions is not None and (
+        isinstance(max_regions, bool) or not isinstance(max_regions, (int, np.integer)) or max_regions < 1
+    ):
         raise ValueError(f"`max_regions` must be None (keep every region) or a positive int, got {max_regions!r}.")
 
 

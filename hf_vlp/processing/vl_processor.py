@@ -47,7 +47,9 @@ class RegionTextProcessor(ProcessorMixin):
                 )
             )
         if visual_feats is not None or boxes is not None:
-            regions = self.image_processor(visual_feats, boxes, image_sizes, return_tensors=return_tensors, **region_fields)
+            regions = self.image_processor(
+                visual_feats, boxes, image_sizes, return_tensors=return_tensors, **region_fields
+            )
             if text is not None and len(regions["visual_feats"]) != len(data["input_ids"]):
                 raise ValueError(
                     f"{len(data['input_ids'])} texts but {len(regions['visual_feats'])} images: `text` and "

@@ -48,8 +48,16 @@ SPECS = (
                 _SMALL, image_size=64, patch_size=16, layer_norm_eps=1e-6, initializer_range=0.08, projection_dim=64
             ),
             text_config=dict(
-                _SMALL, vocab_size=64, max_position_embeddings=64, bos_token_id=2, pad_token_id=0, sep_token_id=3,
-                eos_token_id=3, projection_dim=64, label_smoothing=0.1, initializer_range=0.08,
+                _SMALL,
+                vocab_size=64,
+                max_position_embeddings=64,
+                bos_token_id=2,
+                pad_token_id=0,
+                sep_token_id=3,
+                eos_token_id=3,
+                projection_dim=64,
+                label_smoothing=0.1,
+                initializer_range=0.08,
             ),
             projection_dim=64,
             image_text_hidden_size=64,

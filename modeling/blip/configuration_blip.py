@@ -78,11 +78,17 @@ def blip_config(size="base", image_size=224, embed_dim=256, vision=None, text=No
         raise ValueError(f"`size` must be one of {sorted(VISION_SIZES)}, got {size!r}")
     unknown = set(extra) - set(PRETRAINING_DEFAULTS) - {"tie_word_embeddings", "initializer_range"}
     if unknown:
-        raise ValueError(f"unknown BLIP config field(s) {sorted(unknown)}; pretraining fields: {sorted(PRETRAINING_DEFAULTS)}")
+        raise ValueError(
+            f"unknown BLIP config field(s) {sorted(unknown)}; pretraining fields: {sorted(PRETRAINING_DEFAULTS)}"
+        )
     # timm ViT initialisation (std 0.02); transformers' BlipVisionConfig default 1e-10 leaves a fresh vision tower
     # with ~0 weights, whose final LayerNorm then blows gradients up
     vision_config = dict(
-        VISION_SIZES[size], image_size=image_size, patch_size=16, layer_norm_eps=1e-6, projection_dim=embed_dim,
+        VISION_SIZES[size],
+        image_size=image_size,
+        patch_size=16,
+        layer_norm_eps=1e-6,
+        projection_dim=embed_dim,
         initializer_range=0.02,
     )
     vision_config.update(vision or {})

@@ -69,7 +69,9 @@ class BlipTextCrossAttentionWithMask(BlipTextSelfAttention):
     """`BlipTextSelfAttention` used as cross-attention, with the encoder padding mask applied (med.py masks the
     padded question tokens that the VQA answer decoder attends to)."""
 
-    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None, **kwargs):
+    def forward(
+        self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None, **kwargs
+    ):
         if encoder_hidden_states is not None and encoder_attention_mask is None:
             encoder_attention_mask = attention_mask  # BlipTextAttention passes the cross mask under this name
         return super().forward(
@@ -317,8 +319,18 @@ class BlipContrastiveMixin:
         text_feat = F.normalize(self.text_proj(text_embeds[:, 0]), dim=-1)
         return image_embeds, text_embeds, image_feat, text_feat, (vision_outputs, text_outputs)
 
-    def _itc_loss(self, image_feat, text_feat, pixel_values, input_ids, attention_mask, alpha, sample_ids, update,
-                  interpolate_pos_encoding=False):
+    def _itc_loss(
+        self,
+        image_feat,
+        text_feat,
+        pixel_values,
+        input_ids,
+        attention_mask,
+        alpha,
+        sample_ids,
+        update,
+        interpolate_pos_encoding=False,
+    ):
         """Returns (itc_loss, sim_i2t, sim_t2i, hard-negative logits i2t, t2i (B, B), positive mask (B, B))."""
         batch = image_feat.shape[0]
         with torch.no_grad():
@@ -329,7 +341,9 @@ class BlipContrastiveMixin:
 
         if not self.use_momentum_distillation:
             # in-batch InfoNCE over the global batch (all-gather with gradients): exact under DDP
-            loss = contrastive_loss(image_feat, text_feat, 1.0 / self.temp, gather=True, normalize=False, sample_ids=sample_ids)
+            loss = contrastive_loss(
+                image_feat, text_feat, 1.0 / self.temp, gather=True, normalize=False, sample_ids=sample_ids
+            )
             with torch.autocast(device_type, enabled=False):
                 sim_i2t = image_feat.float() @ text_feat.float().T / self.temp.float()
             return loss, sim_i2t, sim_i2t.T, sim_i2t, sim_i2t.T, positives
@@ -365,7 +379,9 @@ class BlipContrastiveMixin:
             loss_i2t = -(F.log_softmax(sim_i2t, dim=1) * targets_i2t).sum(1).mean()
             loss_t2i = -(F.log_softmax(sim_t2i, dim=1) * targets_t2i).sum(1).mean()
         if update:
-            self._enqueue(image_feat_m, text_feat_m, local_ids if sample_ids is not None else torch.full_like(local_ids, -100))
+            self._enqueue(
+                image_feat_m, text_feat_m, local_ids if sample_ids is not None else torch.full_like(local_ids, -100)
+            )
         # blip_pretrain.py mines hard negatives from sim[:, :bs]: online features against the momentum features
         return (loss_i2t + loss_t2i) / 2, sim_i2t, sim_t2i, sim_i2t[:, :batch], sim_t2i[:, :batch], positives
 
@@ -396,9 +412,9 @@ class BlipContrastiveMixin:
         images = torch.cat([image_embeds, image_embeds[negative_image], image_embeds])
         fused = self.text_encoder(input_ids=text_ids, attention_mask=text_mask, encoder_hidden_states=images)
         itm_logits = self.itm_head(fused.last_hidden_state[:, 0])
-        itm_labels = torch.cat(
-            [torch.ones(batch, dtype=torch.long), torch.zeros(2 * batch, dtype=torch.long)]
-        ).to(itm_logits.device)
+        itm_labels = torch.cat([torch.ones(batch, dtype=torch.long), torch.zeros(2 * batch, dtype=torch.long)]).to(
+            itm_logits.device
+        )
         return F.cross_entropy(itm_logits.float(), itm_labels), itm_logits
 
 
@@ -505,10 +521,23 @@ class BlipForPreTraining(BlipInputGradientsMixin, BlipContrastiveMixin, BlipPreT
             output_hidden_states=output_hidden_states,
         )
         itc_loss, sim_i2t, sim_t2i, hard_i2t, hard_t2i, positives = self._itc_loss(
-            image_feat, text_feat, pixel_values, input_ids, attention_mask, alpha, None, update, interpolate_pos_encoding
+            image_feat,
+            text_feat,
+            pixel_values,
+            input_ids,
+            attention_mask,
+            alpha,
+            None,
+            update,
+            interpolate_pos_encoding,
         )
         itm_loss, itm_logits = self._itm_loss(
-            image_embeds, with_first_token(input_ids, _enc_token_id(config)), attention_mask, hard_i2t, hard_t2i, positives
+            image_embeds,
+            with_first_token(input_ids, _enc_token_id(config)),
+            attention_mask,
+            hard_i2t,
+            hard_t2i,
+            positives,
         )
 
         decoder_input_ids = with_first_token(input_ids, config.text_config.bos_token_id)
@@ -650,7 +679,9 @@ class BlipForQuestionAnswering(BlipInputGradientsMixin, hf_blip.BlipForQuestionA
         answer_weights: (A,) weight of each answer in the loss (default 1).
         """
         if labels is None and decoder_input_ids is None:
-            raise ValueError("pass `labels` (A, L) to train, or `decoder_input_ids`; use `generate` / `rank_answers` to answer.")
+            raise ValueError(
+                "pass `labels` (A, L) to train, or `decoder_input_ids`; use `generate` / `rank_answers` to answer."
+            )
         check_pixel_values(pixel_values, self.vision_model.embeddings.patch_embedding.in_channels)
         text_config = self.config.text_config
         batch = input_ids.shape[0]
@@ -680,7 +711,9 @@ class BlipForQuestionAnswering(BlipInputGradientsMixin, hf_blip.BlipForQuestionA
                 )
             answer_question_index = torch.arange(batch, device=input_ids.device)
         if answer_question_index.shape != (num_answers,):
-            raise ValueError(f"`answer_question_index` must have shape ({num_answers},), got {tuple(answer_question_index.shape)}")
+            raise ValueError(
+                f"`answer_question_index` must have shape ({num_answers},), got {tuple(answer_question_index.shape)}"
+            )
         if labels is not None:
             labels = labels.masked_fill(labels == text_config.pad_token_id, -100)
 
@@ -840,12 +873,28 @@ class BlipForImageTextRetrieval(BlipInputGradientsMixin, BlipContrastiveMixin, h
             pixel_values, input_ids, attention_mask, interpolate_pos_encoding
         )
         itc_loss, sim_i2t, sim_t2i, hard_i2t, hard_t2i, positives = self._itc_loss(
-            image_feat, text_feat, pixel_values, input_ids, attention_mask, alpha, image_ids, update, interpolate_pos_encoding
+            image_feat,
+            text_feat,
+            pixel_values,
+            input_ids,
+            attention_mask,
+            alpha,
+            image_ids,
+            update,
+            interpolate_pos_encoding,
         )
         itm_loss, itm_logits = self._itm_loss(
-            image_embeds, with_first_token(input_ids, _enc_token_id(self.config)), attention_mask, hard_i2t, hard_t2i, positives
+            image_embeds,
+            with_first_token(input_ids, _enc_token_id(self.config)),
+            attention_mask,
+            hard_i2t,
+            hard_t2i,
+            positives,
         )
-        loss = pretraining_setting(self.config, "itc_weight") * itc_loss + pretraining_setting(self.config, "itm_weight") * itm_loss
+        loss = (
+            pretraining_setting(self.config, "itc_weight") * itc_loss
+            + pretraining_setting(self.config, "itm_weight") * itm_loss
+        )
         return BlipRetrievalTrainingOutput(
             loss=loss,
             itc_loss=itc_loss.detach(),

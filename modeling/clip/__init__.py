@@ -34,7 +34,9 @@ SPECS = (
         # embeddings 0.02 x factor): factor 2 gives a 128-wide model attention logits of the size that
         # hf_vlp.recipes.SMALL_SIZES' initializer_range 0.08 gives the BERT-style models (std ~0.7 rather than ~0.2)
         small_sizes=dict(
-            text_config=_SMALL_TEXT, vision_config=dict(_SMALL, image_size=64, patch_size=16), projection_dim=64,
+            text_config=_SMALL_TEXT,
+            vision_config=dict(_SMALL, image_size=64, patch_size=16),
+            projection_dim=64,
             initializer_factor=2.0,
         ),
         lora_target_modules=r"(.*\.)?(q_proj|k_proj|v_proj|out_proj)",

@@ -18,7 +18,9 @@ SPECS = (
         heads={
             Task.BASE: Head(_M + "ErnieVilModel", auto_classes=("AutoModel",), pipeline_tag="feature-extraction"),
             Task.PRETRAINING: Head(
-                _M + "ErnieVilForPreTraining", auto_classes=("AutoModelForPreTraining",), pipeline_tag="feature-extraction"
+                _M + "ErnieVilForPreTraining",
+                auto_classes=("AutoModelForPreTraining",),
+                pipeline_tag="feature-extraction",
             ),
             Task.VQA: Head(
                 _M + "ErnieVilForVisualQuestionAnswering",
@@ -36,9 +38,17 @@ SPECS = (
         feature_size_field="v_feature_size",
         region_classes_field="class_size",
         small_sizes=dict(
-            hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256,
-            v_hidden_size=128, v_num_hidden_layers=3, v_num_attention_heads=4, v_intermediate_size=256,
-            co_hidden_size=128, co_num_attention_heads=4, co_intermediate_size=256,
+            hidden_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=256,
+            v_hidden_size=128,
+            v_num_hidden_layers=3,
+            v_num_attention_heads=4,
+            v_intermediate_size=256,
+            co_hidden_size=128,
+            co_num_attention_heads=4,
+            co_intermediate_size=256,
             initializer_range=0.08,  # follows the width (~1/sqrt(128)): see hf_vlp.recipes.SMALL_SIZES
         ),
         # as ViLBERT: query and value of every attention of the text, visual and co-attention stacks

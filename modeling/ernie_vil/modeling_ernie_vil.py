@@ -159,7 +159,9 @@ class ErnieVilForPreTraining(ErnieVilPreTrainedModel):
             shape = outputs.text_hidden_state.shape[:2]
             for name, (value, _) in given.items():
                 if value.shape != shape:
-                    raise ValueError(f"`{name if name == 'mlm' else name + '_'}labels` must have shape {tuple(shape)}, got {tuple(value.shape)}.")
+                    raise ValueError(
+                        f"`{name if name == 'mlm' else name + '_'}labels` must have shape {tuple(shape)}, got {tuple(value.shape)}."
+                    )
             predicted = torch.zeros(shape, dtype=torch.bool, device=outputs.text_hidden_state.device)
             for value, _ in given.values():
                 predicted |= value != -100

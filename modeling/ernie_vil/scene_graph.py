@@ -35,14 +35,75 @@ Span = tuple[int, int]
 
 RELATION_PHRASES = sorted(
     [
-        "to the left of", "to the right of", "on the left of", "on the right of", "left of", "right of",
-        "in front of", "on top of", "next to", "close to", "in the middle of", "on the side of", "at the top of",
-        "at the bottom of", "above", "below", "under", "underneath", "beneath", "behind", "beside", "besides",
-        "near", "by", "over", "on", "in", "inside", "at", "with", "without", "against", "along", "across", "around",
-        "between", "among", "through", "into", "onto", "toward", "towards", "holding", "wearing", "riding",
-        "carrying", "eating", "watching", "looking at", "sitting on", "standing on", "standing in", "lying on",
-        "walking on", "walking down", "hanging on", "hanging from", "parked on", "covered in", "covered with",
-        "full of", "made of", "has", "have", "having", "contains", "containing", "touching", "surrounded by",
+        "to the left of",
+        "to the right of",
+        "on the left of",
+        "on the right of",
+        "left of",
+        "right of",
+        "in front of",
+        "on top of",
+        "next to",
+        "close to",
+        "in the middle of",
+        "on the side of",
+        "at the top of",
+        "at the bottom of",
+        "above",
+        "below",
+        "under",
+        "underneath",
+        "beneath",
+        "behind",
+        "beside",
+        "besides",
+        "near",
+        "by",
+        "over",
+        "on",
+        "in",
+        "inside",
+        "at",
+        "with",
+        "without",
+        "against",
+        "along",
+        "across",
+        "around",
+        "between",
+        "among",
+        "through",
+        "into",
+        "onto",
+        "toward",
+        "towards",
+        "holding",
+        "wearing",
+        "riding",
+        "carrying",
+        "eating",
+        "watching",
+        "looking at",
+        "sitting on",
+        "standing on",
+        "standing in",
+        "lying on",
+        "walking on",
+        "walking down",
+        "hanging on",
+        "hanging from",
+        "parked on",
+        "covered in",
+        "covered with",
+        "full of",
+        "made of",
+        "has",
+        "have",
+        "having",
+        "contains",
+        "containing",
+        "touching",
+        "surrounded by",
     ],
     key=lambda phrase: -len(phrase.split()),
 )
@@ -203,7 +264,9 @@ class SpacySceneGraphParser:
                     head = token.head
                     # "sitting on": a verb right before its preposition is part of the relation
                     start = head.idx if head.pos_ == "VERB" and head.i == token.i - 1 else token.idx
-                    graph.relations.append((index_of[subject], (start, token.idx + len(token.text)), index_of[objects[0]]))
+                    graph.relations.append(
+                        (index_of[subject], (start, token.idx + len(token.text)), index_of[objects[0]])
+                    )
             elif token.pos_ == "VERB":
                 objects = [c.i for c in token.children if c.dep_ == "dobj" and c.i in index_of]
                 subject = subject_of(token)
@@ -240,8 +303,13 @@ class SceneGraphTargetBuilder:
 
     def __call__(self, texts, itm_labels=None):
         encoded = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length, return_offsets_mapping=True,
-            return_special_tokens_mask=True, return_tensors="pt",
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+            return_tensors="pt",
         )
         offsets = encoded.pop("offset_mapping")
         special = encoded.pop("special_tokens_mask").bool() | (encoded["attention_mask"] == 0)

@@ -38,7 +38,12 @@ SPECS = (
         region_classes_field="num_object_labels",
         # LXMERT counts its layers per stack: language, cross-modality, relational (visual)
         small_sizes=dict(
-            hidden_size=128, num_attention_heads=4, intermediate_size=256, l_layers=3, x_layers=2, r_layers=2,
+            hidden_size=128,
+            num_attention_heads=4,
+            intermediate_size=256,
+            l_layers=3,
+            x_layers=2,
+            r_layers=2,
             initializer_range=0.08,  # follows the width (~1/sqrt(128)): see hf_vlp.recipes.SMALL_SIZES
         ),
         lora_target_modules=r"(.*\.)?(query|key|value|visn_fc\.visn_fc)",

@@ -44,8 +44,14 @@ SPECS = (
         # BERT-style special ids of small vocabularies ([PAD] 0, [CLS] 2, [SEP] 3, [MASK] 4 as
         # `hf_vlp.recipes.shapes_tokenizer`); captioning decodes at [MASK]
         small_sizes=dict(
-            hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256,
-            pad_token_id=0, bos_token_id=2, eos_token_id=3, mask_token_id=4,
+            hidden_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=256,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=3,
+            mask_token_id=4,
             initializer_range=0.08,  # follows the width (~1/sqrt(128)): see hf_vlp.recipes.SMALL_SIZES
         ),
         lora_target_modules=r"(.*\.)?(query|key|value|region_embeddings\.projection)",

@@ -631,7 +631,9 @@ class OscarForVisualReasoning(OscarTaskModel):
         if visual_feats is None or visual_feats.dim() != 4 or visual_feats.shape[:2] != input_ids.shape[:2]:
             shape = None if visual_feats is None else tuple(visual_feats.shape)
             raise ValueError(f"`visual_feats` must be (batch, {choices} images, regions, dim), got {shape}.")
-        return self.oscar(**{k: v.flatten(0, 1) if torch.is_tensor(v) and v.dim() > 1 else v for k, v in inputs.items()})
+        return self.oscar(
+            **{k: v.flatten(0, 1) if torch.is_tensor(v) and v.dim() > 1 else v for k, v in inputs.items()}
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -116,7 +116,9 @@ class SwitchTransformersForConditionalGeneration(hf_switch.SwitchTransformersFor
             result.router_aux_loss = sum((x for x in (encoder_aux, decoder_aux) if x is not None), zero)
         if labels is not None:
             logits = outputs.logits
-            result.lm_loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.to(logits.device).view(-1))
+            result.lm_loss = F.cross_entropy(
+                logits.float().view(-1, logits.shape[-1]), labels.to(logits.device).view(-1)
+            )
             result.loss = result.lm_loss
             if output_router_logits:
                 result.loss = (

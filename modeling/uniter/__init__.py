@@ -43,8 +43,9 @@ SPECS = (
         feature_size_field="visual_feat_dim",
         region_classes_field="num_region_classes",
         # initializer_range follows the width (~1/sqrt(128)): see hf_vlp.recipes.SMALL_SIZES
-        small_sizes=dict(hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256,
-                         initializer_range=0.08),
+        small_sizes=dict(
+            hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256, initializer_range=0.08
+        ),
         # self-attention projections of every layer and the region-feature projection
         lora_target_modules=r".*\.attention\.self\.(query|key|value)|.*\.img_embeddings\.img_linear",
         cpt_adapter="hf_vlp.cpt.UniterAdapter",

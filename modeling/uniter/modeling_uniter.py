@@ -185,7 +185,9 @@ class UniterModel(UniterPreTrainedModel):
             visual_feats, visual_pos, visual_attention_mask, text_shape[0], feature_dim=self.config.visual_feat_dim
         )
         if attention_mask is not None and attention_mask.shape != text_shape:
-            raise ValueError(f"`attention_mask` must have shape {tuple(text_shape)}, got {tuple(attention_mask.shape)}.")
+            raise ValueError(
+                f"`attention_mask` must have shape {tuple(text_shape)}, got {tuple(attention_mask.shape)}."
+            )
         if region_mask is not None and region_mask.shape != visual_feats.shape[:2]:
             raise ValueError(
                 f"`region_mask` must be (batch, regions) = {tuple(visual_feats.shape[:2])}, got {tuple(region_mask.shape)}."
@@ -197,7 +199,11 @@ class UniterModel(UniterPreTrainedModel):
 
         text_embeddings = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
         visual_embeddings = self.embed_regions(
-            visual_feats.to(text_embeddings.dtype), visual_pos, visual_token_type_ids, region_mask, visual_location_feats
+            visual_feats.to(text_embeddings.dtype),
+            visual_pos,
+            visual_token_type_ids,
+            region_mask,
+            visual_location_feats,
         )
         hidden_states = torch.cat([text_embeddings, visual_embeddings], dim=1)
 
@@ -299,7 +305,9 @@ class UniterForPreTraining(UniterPreTrainedModel):
     ) -> UniterForPreTrainingOutput:
         needs_region_mask = any(x is not None for x in (region_feature_labels, region_class_labels, region_soft_labels))
         if needs_region_mask and region_mask is None:
-            raise ValueError("masked region modelling labels were given without `region_mask` (B, R) marking the masked regions.")
+            raise ValueError(
+                "masked region modelling labels were given without `region_mask` (B, R) marking the masked regions."
+            )
         outputs = self.uniter(
             input_ids=input_ids,
             visual_feats=visual_feats,
@@ -453,7 +461,9 @@ class UniterTaskModel(UniterPreTrainedModel):
         logits = self.predict(outputs)
         has_targets = labels is not None or any(value is not None for value in loss_kwargs.values())
         loss = self.compute_loss(logits, labels, outputs, **loss_kwargs) if has_targets else None
-        return UniterTaskOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return UniterTaskOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
 
 class UniterForVisualQuestionAnswering(UniterTaskModel):
@@ -462,7 +472,9 @@ class UniterForVisualQuestionAnswering(UniterTaskModel):
     `mean() * num_answers`)."""
 
     def build_head(self, config):
-        self.classifier = mlp_classifier(config.hidden_size, 2 * config.hidden_size, config.num_labels, config.layer_norm_eps)
+        self.classifier = mlp_classifier(
+            config.hidden_size, 2 * config.hidden_size, config.num_labels, config.layer_norm_eps
+        )
 
     def predict(self, outputs):
         return self.classifier(outputs.pooler_output)

@@ -17,7 +17,9 @@ SPECS = (
         heads={
             Task.BASE: Head(_M + "VilbertModel", auto_classes=("AutoModel",), pipeline_tag="feature-extraction"),
             Task.PRETRAINING: Head(
-                _M + "VilbertForPreTraining", auto_classes=("AutoModelForPreTraining",), pipeline_tag="feature-extraction"
+                _M + "VilbertForPreTraining",
+                auto_classes=("AutoModelForPreTraining",),
+                pipeline_tag="feature-extraction",
             ),
             Task.VQA: Head(
                 _M + "VilbertForVisualQuestionAnswering",
@@ -42,9 +44,16 @@ SPECS = (
         feature_size_field="v_feature_size",
         region_classes_field="v_target_size",
         small_sizes=dict(
-            hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256,
-            v_hidden_size=128, v_num_hidden_layers=3, v_num_attention_heads=4, v_intermediate_size=256,
-            bi_hidden_size=128, bi_num_attention_heads=4,
+            hidden_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=256,
+            v_hidden_size=128,
+            v_num_hidden_layers=3,
+            v_num_attention_heads=4,
+            v_intermediate_size=256,
+            bi_hidden_size=128,
+            bi_num_attention_heads=4,
             initializer_range=0.08,  # follows the width (~1/sqrt(128)): see hf_vlp.recipes.SMALL_SIZES
         ),
         # query and value of every attention of the text, visual and co-attention stacks (the 12-in-1 LoRA recipe)

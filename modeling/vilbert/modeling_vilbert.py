@@ -332,7 +332,9 @@ class VilbertPreTrainedModel(PreTrainedModel):
                 raise ValueError(
                     f"this model has task tokens: pass `task_ids` (batch,) with values in [0, {config.num_task_tokens})"
                 )
-            batch = (inputs.get("input_ids") if inputs.get("input_ids") is not None else inputs["inputs_embeds"]).shape[0]
+            batch = (inputs.get("input_ids") if inputs.get("input_ids") is not None else inputs["inputs_embeds"]).shape[
+                0
+            ]
             device = self.device
             inputs["task_ids"] = torch.full((batch,), config.task_token_ids[task_name], device=device)
         return self.base_model(**inputs)
@@ -370,7 +372,9 @@ class VilbertModel(VilbertPreTrainedModel):
             raise ValueError(f"this model has task tokens: pass `task_ids` (batch,) in [0, {config.num_task_tokens}).")
         task_ids = torch.as_tensor(task_ids).long()
         if task_ids.numel() != batch or (task_ids.dim() == 2 and task_ids.shape[1] != 1) or task_ids.dim() > 2:
-            raise ValueError(f"`task_ids` must have shape (batch,) or (batch, 1) with batch={batch}, got {tuple(task_ids.shape)}.")
+            raise ValueError(
+                f"`task_ids` must have shape (batch,) or (batch, 1) with batch={batch}, got {tuple(task_ids.shape)}."
+            )
         if ((task_ids < 0) | (task_ids >= config.num_task_tokens)).any():
             raise ValueError(
                 f"`task_ids` must be in [0, {config.num_task_tokens}) (config.num_task_tokens), got values "
@@ -405,7 +409,9 @@ class VilbertModel(VilbertPreTrainedModel):
                 f"got {visual_feats.shape[-1]}."
             )
         if attention_mask is not None and attention_mask.shape != text_shape:
-            raise ValueError(f"`attention_mask` must have shape {tuple(text_shape)}, got {tuple(attention_mask.shape)}.")
+            raise ValueError(
+                f"`attention_mask` must have shape {tuple(text_shape)}, got {tuple(attention_mask.shape)}."
+            )
         if region_mask is not None and region_mask.shape != visual_feats.shape[:2]:
             raise ValueError(
                 f"`region_mask` must be (batch, regions) = {tuple(visual_feats.shape[:2])}, got {tuple(region_mask.shape)}."

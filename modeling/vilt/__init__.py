@@ -37,8 +37,13 @@ SPECS = (
         inputs=InputKind.PIXELS,
         processor="transformers.ViltProcessor",
         small_sizes=dict(
-            hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256,
-            image_size=64, patch_size=16, max_position_embeddings=40,
+            hidden_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=256,
+            image_size=64,
+            patch_size=16,
+            max_position_embeddings=40,
             # width-matched init (~1/sqrt(128)), as hf_vlp.recipes.SMALL_SIZES: BERT's 0.02 leaves a 128-wide model's
             # attention logits ~0 and the patch projection tiny, so training sits on the question-only prior
             initializer_range=0.08,

@@ -19,7 +19,9 @@ SPECS = (
         package=__name__,
         config="transformers.VisualBertConfig",
         heads={
-            Task.BASE: Head(_M + "VisualBertModel", opt_in_auto_classes=("AutoModel",), pipeline_tag="feature-extraction"),
+            Task.BASE: Head(
+                _M + "VisualBertModel", opt_in_auto_classes=("AutoModel",), pipeline_tag="feature-extraction"
+            ),
             Task.PRETRAINING: Head(
                 _M + "VisualBertForPreTraining",
                 opt_in_auto_classes=("AutoModelForPreTraining",),
@@ -43,8 +45,9 @@ SPECS = (
         image_processor="hf_vlp.processing.region.RegionFeatureProcessor",
         feature_size_field="visual_embedding_dim",
         # initializer_range follows the width (~1/sqrt(128)): see hf_vlp.recipes.SMALL_SIZES
-        small_sizes=dict(hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256,
-                         initializer_range=0.08),
+        small_sizes=dict(
+            hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256, initializer_range=0.08
+        ),
         lora_target_modules=r"(.*\.)?(query|key|value|visual_projection)",
         pretraining_collator=".collator_visual_bert.VisualBertPretrainingCollator",
         pretraining_objectives=("mlm", "itm"),

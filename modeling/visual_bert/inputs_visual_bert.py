@@ -29,7 +29,8 @@ def example_inputs(config, task, batch_size=2, *, text_length=8, regions=5, seed
         inputs["labels"] = rand.classes(batch_size, config.num_labels, rng)
     elif task is Task.VCR:  # every input once per choice
         inputs = {
-            name: value[:, None].expand(-1, NUM_CHOICES, *value.shape[1:]).contiguous() for name, value in inputs.items()
+            name: value[:, None].expand(-1, NUM_CHOICES, *value.shape[1:]).contiguous()
+            for name, value in inputs.items()
         }
         inputs["labels"] = rand.classes(batch_size, NUM_CHOICES, rng)
     return inputs

@@ -79,12 +79,17 @@ class VisualBertPreTrainedModel(hf.VisualBertPreTrainedModel):
         """transformers' `VisualBertModel.forward` on `inputs` (the keyword arguments of `VisualBertModel.forward`),
         with the input checks and the original's region token types."""
         _check_region_inputs(
-            inputs["visual_embeds"], inputs["visual_attention_mask"], inputs["visual_token_type_ids"], inputs["input_ids"],
+            inputs["visual_embeds"],
+            inputs["visual_attention_mask"],
+            inputs["visual_token_type_ids"],
+            inputs["input_ids"],
             self.config.visual_embedding_dim,
         )
         backbone = self if isinstance(self, hf.VisualBertModel) else self.visual_bert
         token_types = _default_visual_token_type_ids(inputs["visual_embeds"], inputs["visual_token_type_ids"])
-        return hf.VisualBertModel.forward(backbone, **{**inputs, "visual_token_type_ids": token_types}, return_dict=True)
+        return hf.VisualBertModel.forward(
+            backbone, **{**inputs, "visual_token_type_ids": token_types}, return_dict=True
+        )
 
 
 class VisualBertModel(VisualBertPreTrainedModel, hf.VisualBertModel):

@@ -60,7 +60,9 @@ class VisualBertProcessor(RegionTextProcessor):
                 boxes = [np.zeros((len(f), 4), dtype=np.float32) for f in visual_feats]
                 image_sizes = [(1, 1)] * len(boxes)
             if visual_token_type_ids is not None:
-                region_fields["visual_token_type_ids"] = list(visual_token_type_ids)  # ids: checked by the region processor
+                region_fields["visual_token_type_ids"] = list(
+                    visual_token_type_ids
+                )  # ids: checked by the region processor
             regions = self.image_processor(visual_feats, boxes, image_sizes, return_tensors="pt", **region_fields)
             if text is not None and len(regions["visual_feats"]) != len(data["input_ids"]):
                 raise ValueError(

@@ -10,7 +10,12 @@ from hf_vlp.spec import ArchitectureSpec, Head, InputKind, Task, lazy_exports
 # initializer_range: width-matched (~1/sqrt(128)) instead of the 768-wide model's 0.02, as hf_vlp.recipes.SMALL_SIZES;
 # ViT reads it for every Linear, the patch projection (a Conv2d), the position embeddings and the [CLS] token
 _SMALL = dict(
-    hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256, image_size=32, patch_size=8,
+    hidden_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=256,
+    image_size=32,
+    patch_size=8,
     initializer_range=0.08,
 )
 

@@ -64,4 +64,3 @@ def shuffled_like_vg_dataset(pairs: list, seed: int = 0) -> list:
     pairs = list(pairs)
     random.Random(seed).shuffle(pairs)
     return pairs
-

@@ -249,4 +249,3 @@ def paint_polygons(image, objects_polygons, colors) -> Image.Image:
     for polygons, color in zip(objects_polygons, palette):
         blend_mask(pixels, polygon_mask(polygons, width, height), color)
     return Image.fromarray(pixels)
-

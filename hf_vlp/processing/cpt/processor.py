@@ -68,8 +68,15 @@ class CptProcessor(ProcessorMixin):
         none_word: the negative answer word of few-shot grounding.
     """
 
-    def __init__(self, tokenizer, colors="refcoco", template=3, max_text_length: int = 70,
-                 original_quirks: bool = False, none_word: str = "none"):
+    def __init__(
+        self,
+        tokenizer,
+        colors="refcoco",
+        template=3,
+        max_text_length: int = 70,
+        original_quirks: bool = False,
+        none_word: str = "none",
+    ):
         super().__init__(tokenizer)
         self.colors = _as_palette(colors)
         names = [c.name for c in self.colors]
@@ -78,7 +85,9 @@ class CptProcessor(ProcessorMixin):
         if isinstance(template, str):
             refexp_prompt("x", template)  # validates the template now
         elif template not in REFEXP_TEMPLATES:
-            raise ValueError(f"`template` must be one of {sorted(REFEXP_TEMPLATES)} or a format string, got {template!r}.")
+            raise ValueError(
+                f"`template` must be one of {sorted(REFEXP_TEMPLATES)} or a format string, got {template!r}."
+            )
         self.template = template
         self.max_text_length = int(max_text_length)
         self.original_quirks = bool(original_quirks)
@@ -106,8 +115,16 @@ class CptProcessor(ProcessorMixin):
         settings = {name: value for name, value in processor.to_dict().items() if name in _OPTIONS}
         return cls(processor.tokenizer, **{**settings, **options})
 
-    def __call__(self, images=None, text: str | None = None, boxes=None, labels: Sequence[str] | None = None,
-                 masks=None, box_format: str = "xywh", span=None) -> BatchFeature:
+    def __call__(
+        self,
+        images=None,
+        text: str | None = None,
+        boxes=None,
+        labels: Sequence[str] | None = None,
+        masks=None,
+        box_format: str = "xywh",
+        span=None,
+    ) -> BatchFeature:
         """Grounding rows of one referring expression `text` among the candidate `boxes` of one image: one painted
         copy per candidate group (`paint_candidates`; with `masks` the masks are painted), the template prompt and,
         if `labels` (one object tag per candidate) are given, the tags with each painted candidate's colour word.
@@ -119,8 +136,10 @@ class CptProcessor(ProcessorMixin):
         if images is None or text is None:
             raise ValueError("CptProcessor needs `images` (one image) and `text` (its referring expression).")
         if isinstance(images, (list, tuple)):
-            raise ValueError(f"`images` must be one image (PIL or (H, W, 3) uint8), got a {type(images).__name__}; "
-                             "CPT grounds one expression in one image per call.")
+            raise ValueError(
+                f"`images` must be one image (PIL or (H, W, 3) uint8), got a {type(images).__name__}; "
+                "CPT grounds one expression in one image per call."
+            )
         copies = self.paint_candidates(images, boxes=boxes, masks=masks, box_format=box_format)
         num_candidates = sum(len(c.candidates) for c in copies)
         if labels is not None and len(labels) != num_candidates:
@@ -132,8 +151,9 @@ class CptProcessor(ProcessorMixin):
         return BatchFeature(data)
 
     # -------------------------------------------------------------------------------------------- grounding
-    def paint_candidates(self, image, boxes=None, masks=None, box_format: str = "xywh",
-                         max_copies: int | None = None) -> list[PaintedCopy]:
+    def paint_candidates(
+        self, image, boxes=None, masks=None, box_format: str = "xywh", max_copies: int | None = None
+    ) -> list[PaintedCopy]:
         """RefCOCO painting (`RefCoCoDataset.__getitem__`): copy c colours candidates `c*k ... c*k+k-1` with colours
         `0 ... k-1` (k = number of colours). Boxes are `[x, y, w, h]` (COCO, default) or `[x1, y1, x2, y2]`; with
         `masks` (one (H, W) array or COCO RLE per candidate) the masks are painted instead of the boxes.
@@ -143,8 +163,10 @@ class CptProcessor(ProcessorMixin):
         if boxes is None and masks is None:
             raise ValueError("pass candidate `boxes` (and optionally their `masks`).")
         if boxes is None:
-            boxes = [_mask_box(decode_rle(m, (height, width), name=f"masks[{i}]") if isinstance(m, dict)
-                               else np.asarray(m)) for i, m in enumerate(masks)]
+            boxes = [
+                _mask_box(decode_rle(m, (height, width), name=f"masks[{i}]") if isinstance(m, dict) else np.asarray(m))
+                for i, m in enumerate(masks)
+            ]
             box_format = "xywh"
         boxes = check_boxes(boxes, width, height, box_format)
         rects = xywh_to_cpt_xyxy(boxes) if box_format == "xywh" else boxes.copy()
@@ -172,12 +194,14 @@ class CptProcessor(ProcessorMixin):
             copies.append(PaintedCopy(painted, candidates, colors, rects[candidates].tolist()))
         return copies
 
-    def grounding_texts(self, caption: str, labels: Sequence[str] | None, copies: Sequence[PaintedCopy], span=None,
-                        template=None) -> list[tuple[str, str | None]]:
+    def grounding_texts(
+        self, caption: str, labels: Sequence[str] | None, copies: Sequence[PaintedCopy], span=None, template=None
+    ) -> list[tuple[str, str | None]]:
         """(text_a, text_b) per painted copy: the template prompt and the tags with each painted candidate's colour
         word in front of its tag (text_b is None without `labels`, e.g. for models pretrained without tags)."""
-        text_a = refexp_prompt(clean_caption(caption), self.template if template is None else template, span,
-                               self.original_quirks)
+        text_a = refexp_prompt(
+            clean_caption(caption), self.template if template is None else template, span, self.original_quirks
+        )
         if labels is None:
             return [(text_a, None) for _ in copies]
         if len(labels) < max(i for copy in copies for i in copy.candidates) + 1:
@@ -208,8 +232,9 @@ class CptProcessor(ProcessorMixin):
             targets.append(copy.colors[best].name if ious[best] > 0.5 else self.none_word)
         return targets
 
-    def encode(self, texts: Sequence[tuple[str, str | None]], max_length: int | None = None,
-               expected_masks: int | None = 1) -> dict:
+    def encode(
+        self, texts: Sequence[tuple[str, str | None]], max_length: int | None = None, expected_masks: int | None = 1
+    ) -> dict:
         """Token rows for (text_a, text_b) pairs: `input_ids`, `token_type_ids`, `attention_mask` (N, T) tensors,
         `mask_positions` (N, M) and `tokens` (lists). A row must keep `expected_masks` [MASK] tokens after
         truncation."""
@@ -247,8 +272,9 @@ class CptProcessor(ProcessorMixin):
             raise ValueError(f"`pair` {pair} must be two different box indices below {len(boxes)}.")
         return paint_boxes(image, boxes[list(pair)], palette[:2], inclusive=False)
 
-    def relation_texts(self, subject: str, object: str, labels: Sequence[str], pair: tuple[int, int],
-                       colors="vg", max_masks: int = 3) -> list[tuple[str, str]]:
+    def relation_texts(
+        self, subject: str, object: str, labels: Sequence[str], pair: tuple[int, int], colors="vg", max_masks: int = 3
+    ) -> list[tuple[str, str]]:
         """The six (text_a, text_b) rows of a painted pair: 1..max_masks masks forward, then reversed."""
         names = tuple(c.name for c in _as_palette(colors)[:2])
         prompts = relation_prompts(subject, object, names, max_masks, self.original_quirks)

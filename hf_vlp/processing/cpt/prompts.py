@@ -32,7 +32,9 @@ def _template_with_span(caption, span, which):
     if not 0 <= start <= end <= len(caption):
         raise ValueError(f"`span` {span} must satisfy 0 <= start <= end <= len(caption) = {len(caption)}.")
     if which == 4:
-        return caption[:end] + " in [MASK]." if end == len(caption) else caption[:end] + " in [MASK]" + caption[end:] + "."
+        return (
+            caption[:end] + " in [MASK]." if end == len(caption) else caption[:end] + " in [MASK]" + caption[end:] + "."
+        )
     if which == 5:
         if end == len(caption):
             return caption[:end] + " in [MASK] color."
@@ -79,8 +81,9 @@ def tag_text(labels: Sequence[str], painted: dict[int, str]) -> str:
     return " ".join(f"{painted[i]} {label}" if i in painted else label for i, label in enumerate(labels))
 
 
-def relation_prompts(subject: str, object: str, colors=("red", "blue"), max_masks: int = 3,
-                     original_quirks: bool = False) -> list[str]:
+def relation_prompts(
+    subject: str, object: str, colors=("red", "blue"), max_masks: int = 3, original_quirks: bool = False
+) -> list[str]:
     """VG relation prompts (`vg_test_dataset.py`): `"<s> in red color is [MASK]... a <o> in blue color"` with 1 to
     `max_masks` masks, then the reversed `"<o> in blue color is [MASK]... a <s> in red color"`. The released
     format string leaves a double space before the first mask (`original_quirks=True`)."""
@@ -95,8 +98,9 @@ def relation_prompts(subject: str, object: str, colors=("red", "blue"), max_mask
     return forward + reverse
 
 
-def relation_tag_text(labels: Sequence[str], pair: tuple[int, int], colors=("red", "blue"),
-                      original_quirks: bool = False) -> str:
+def relation_tag_text(
+    labels: Sequence[str], pair: tuple[int, int], colors=("red", "blue"), original_quirks: bool = False
+) -> str:
     """VG object tags with the subject's and object's colour words. The released code receives the tags as one
     space-joined string and enumerates its CHARACTERS (`original_quirks=True`), so the colours land in front of the
     characters whose index equals the box indices; the intended text colours the words."""
@@ -150,8 +154,9 @@ class VcrColoring:
     text_names: dict[str, str]
 
 
-def vcr_coloring(question, answers, rationales, names, boxes=None, n_color: int = 3, colors="gqa_vcr",
-                 original_quirks: bool = False) -> VcrColoring:
+def vcr_coloring(
+    question, answers, rationales, names, boxes=None, n_color: int = 3, colors="gqa_vcr", original_quirks: bool = False
+) -> VcrColoring:
     """Assign colours to the objects referenced in a VCR question and its answers (not the rationales): at most
     `n_color` reference groups, in order of first appearance; every not-yet-painted object of a group gets the
     group's colour. Text names: `person`/`people`, `<cls>`/`<cls>s`, `objects` for mixed classes."""
@@ -211,4 +216,3 @@ def vcr_textize(sentence, coloring: VcrColoring, colorful: bool = True) -> str:
         else:
             words.append(word)
     return " ".join(words)
-

@@ -46,8 +46,9 @@ def rle_size(rle, name: str = "rle") -> tuple[int, int]:
     return height, width
 
 
-def decode_rle(rle: dict, image_size: tuple[int, int] | None = None, max_pixels: int | None = MAX_RLE_PIXELS,
-               name: str = "rle") -> np.ndarray:
+def decode_rle(
+    rle: dict, image_size: tuple[int, int] | None = None, max_pixels: int | None = MAX_RLE_PIXELS, name: str = "rle"
+) -> np.ndarray:
     """Decode a COCO RLE `{"size": [height, width], "counts": str | list[int]}` to an (H, W) uint8 0/1 mask.
     Runs alternate 0s and 1s (starting with 0s) over the pixels in column-major order.
 

@@ -51,4 +51,3 @@ def color_token_id(tokenizer, name: str) -> int:
     if len(pieces) != 1 or pieces[0] == tokenizer.unk_token:
         raise ValueError(f"colour word {name!r} must be one word piece of the vocabulary, it tokenizes to {pieces}.")
     return tokenizer.convert_tokens_to_ids(pieces[0])
-
