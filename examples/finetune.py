@@ -23,7 +23,7 @@ def main(argv=None):
     parser.set_defaults(
         learning_rate=5e-4,
         per_device_train_batch_size=32,
-        max_steps=600,
+        max_steps=3000,
         warmup_steps=60,
         weight_decay=0.01,
         logging_steps=100,

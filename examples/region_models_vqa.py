@@ -5,7 +5,8 @@
         --model_name_or_path runs/converted_lxmert                                         # LoRA on a converted model
     torchrun --nproc_per_node=2 examples/region_models_vqa.py --output_dir runs/region_vqa --arch visual_bert
 Arguments: the fields below plus every `transformers.TrainingArguments` flag (`--bf16`, `--learning_rate`, ...).
-Defaults (`TRAINING_DEFAULTS`): 600 steps of batch 32 at lr 5e-4 (about 7 minutes per model on two busy CPU cores);
+Defaults (`TRAINING_DEFAULTS`): 3000 steps of batch 32 at lr 5e-4 (VisualBERT: 2.7 minutes on 2 quiet CPU cores; 600
+steps leave exist and count questions near their controls, docs/data.md);
 `--max_steps -1 --num_train_epochs N` trains by epochs instead.
 
 Inputs follow each model's original VQA format: VisualBERT reads the answer at the `[MASK]` of
@@ -45,7 +46,7 @@ ARCHS = {
 TRAINING_DEFAULTS = dict(
     learning_rate=5e-4,
     per_device_train_batch_size=32,
-    max_steps=600,
+    max_steps=3000,
     warmup_steps=60,
     weight_decay=0.01,
     logging_steps=100,
