@@ -26,7 +26,7 @@ MATCHING_CLASS_MEANINGS = ("match", "mismatch")
 
 
 class CptAdapter:
-    """What CPT needs from a masked-LM VL model. Inputs use hf_vlp's vocabulary (DESIGN.md): `input_ids`,
+    """What CPT needs from a masked-LM VL model. Inputs use hf_vlp's vocabulary (docs/design.md): `input_ids`,
     `attention_mask`, `token_type_ids` (B, T), `visual_feats` (B, R, D), `visual_pos` (B, R, 4) normalized boxes,
     `visual_attention_mask` (B, R)."""
 
