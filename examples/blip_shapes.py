@@ -32,7 +32,7 @@ from transformers import AutoProcessor, BlipImageProcessorPil, BlipProcessor, Hf
 
 import hf_vlp  # noqa: F401  (registers the architectures)
 from hf_vlp.data import SHAPES_VQA_ANSWERS, shapes_dataset
-from hf_vlp.evaluation import classification_controls, format_controls, ranking_controls
+from hf_vlp.evaluation import classification_controls, ranking_controls
 from hf_vlp.modeling.blip import (
     LORA_TARGET_MODULES,
     BlipForConditionalGeneration,
@@ -126,7 +126,7 @@ def with_lora(model, args):
 
 def print_report(title, report, note):
     print(f"{title}\n  {note}")
-    print("\n".join("  " + line for line in format_controls(report).splitlines()), flush=True)
+    print("\n".join("  " + line for line in report.format().splitlines()), flush=True)
 
 
 def images(rows, processor):

@@ -24,7 +24,7 @@ from transformers import AutoTokenizer, DataCollatorForSeq2Seq, HfArgumentParser
 
 import hf_vlp  # noqa: F401  (registers the architectures)
 from hf_vlp.data import shapes_dataset
-from hf_vlp.evaluation import classification_controls, format_controls
+from hf_vlp.evaluation import classification_controls
 from hf_vlp.modeling.switch_transformers import LORA_TARGET_MODULES, SwitchTransformersForConditionalGeneration
 from hf_vlp.recipes import shapes_tokenizer
 from hf_vlp.trainer import VLPTrainer
@@ -145,7 +145,7 @@ def main(argv=None):
     tokenizer.save_pretrained(training_args.output_dir)
     print("switch_transformers VQA (text-to-text), held-out exact match by question type")
     print("  prior = most frequent training answer of the type; shuffled = same model, another scene's description")
-    print("\n".join("  " + line for line in format_controls(report).splitlines()), flush=True)
+    print("\n".join("  " + line for line in report.format().splitlines()), flush=True)
     return report
 
 

@@ -51,7 +51,6 @@ from hf_vlp.evaluation import (
     OVERALL,
     classification_controls,
     classifier_predict,
-    format_controls,
     ranking_controls,
 )
 from hf_vlp.modeling.clip import LORA_TARGET_MODULES as CLIP_LORA
@@ -95,7 +94,7 @@ def sizes(args):
 
 def print_report(title, report, note):
     print(f"{title}\n  {note}")
-    print("\n".join("  " + line for line in format_controls(report).splitlines()), flush=True)
+    print("\n".join("  " + line for line in report.format().splitlines()), flush=True)
 
 
 def with_lora(model, args, targets, modules_to_save=None):

@@ -260,16 +260,3 @@ def grounding_controls(
         controls={"random box": {OVERALL: random_box}, "prior": {OVERALL: float((targets == position).mean())}},
         counts={OVERALL: len(rows)},
     )
-
-
-def format_controls(report: ControlReport) -> str:
-    """`report.format()` for any report: a classification report as its per-group table, a ranking report (one row per
-    recall@K, no "overall" group) as a table of those rows, each next to its controls."""
-    if OVERALL in report.accuracy:
-        return report.format()
-    names = list(report.controls)
-    lines = [f"{'':<12}{'n':>6}{'model':>10}" + "".join(f"{name:>10}" for name in names)]
-    for metric, value in report.accuracy.items():
-        controls = "".join(f"{report.controls[name].get(metric, float('nan')):>10.3f}" for name in names)
-        lines.append(f"{metric:<12}{report.counts.get(metric, 0):>6}{value:>10.3f}{controls}")
-    return "\n".join(lines)

@@ -271,23 +271,13 @@ def test_the_demo_runs_end_to_end_and_prints_its_controls(tmp_path, capsys):
     assert (result["directory"] / "example_a.png").exists() and (result["directory"] / "example_b.png").exists()
 
 
-def test_format_controls_tables_a_ranking_report_row_per_recall():
-    from hf_vlp.evaluation import format_controls
-
+def test_format_tables_a_ranking_report_row_per_recall():
     rows = [{"image_id": i, "image": i, "text": i} for i in range(10)]
 
     def score(batch):  # a perfect matcher: text t matches image t; with shuffled images one other image outranks
         return torch.tensor([[float(r["text"] == c["image"]) for c in batch] for r in batch])
 
-    lines = format_controls(ranking_controls(score, rows)).splitlines()
-    assert lines[0].split() == ["n", "model", "chance", "shuffled"]
+    lines = ranking_controls(score, rows).format().splitlines()
+    assert lines[0].split() == ["n", "accuracy", "chance", "shuffled"]
     assert lines[1].split() == ["R@1", "10", "1.000", "0.100", "0.000"]
     assert lines[2].split() == ["R@5", "10", "1.000", "0.500", "1.000"]
-
-
-def test_format_controls_of_a_classification_report_is_its_per_type_table():
-    from hf_vlp.evaluation import format_controls
-
-    rows = rows_with_images()
-    report = classification_controls(lambda rows: [row["answer"] for row in rows], rows, rows)
-    assert format_controls(report) == report.format()
