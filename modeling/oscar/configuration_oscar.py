@@ -5,6 +5,7 @@ LayerNorm after the region projection (`use_img_layer_norm=True`), a 3-way contr
 and X152-C4 region features of the same 2048 + 6 layout. `OscarConfig.vinvl()` returns those settings.
 """
 
+from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from hf_vlp.layers import BOX_FEATURE_SIZES
@@ -14,6 +15,7 @@ DEFAULT_NUM_LABELS = 3129  # VQA v2 answer vocabulary of the released VQA models
 VQA_LOSSES = ("bce", "ce")
 
 
+@strict(accept_kwargs=True)
 class OscarConfig(PreTrainedConfig):
     r"""
     Text side: bert-base-uncased (the released models start from it). Image side: the sizes the original reads from
@@ -52,92 +54,64 @@ class OscarConfig(PreTrainedConfig):
 
     model_type = "oscar"
 
-    def __init__(
-        self,
-        vocab_size=30522,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        hidden_act="gelu",
-        hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1,
-        max_position_embeddings=512,
-        type_vocab_size=2,
-        initializer_range=0.02,
-        layer_norm_eps=1e-12,
-        pad_token_id=0,
-        bos_token_id=101,
-        eos_token_id=102,
-        mask_token_id=103,
-        visual_feat_dim=2048,
-        box_feature_kind="xyxy_wh",
-        use_img_layer_norm=False,
-        img_layer_norm_eps=1e-12,
-        num_contrast_classes=2,
-        mlm_weight=1.0,
-        contrastive_weight=1.0,
-        classifier_type="linear",
-        classifier_hidden_scale=2,
-        classifier_layer_norm=None,
-        num_choices=2,
-        vqa_loss="bce",
-        caption_label_smoothing=0.0,
-        caption_drop_worst_ratio=0.0,
-        caption_drop_worst_after=0,
-        caption_tag_position_offset=40,
-        caption_max_length=20,
-        freeze_word_embeddings=False,
-        tie_word_embeddings=True,
-        **kwargs,
-    ):
-        if "num_labels" not in kwargs and "id2label" not in kwargs:
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float | int = 0.1
+    attention_probs_dropout_prob: float | int = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 101
+    eos_token_id: int | None = 102
+    mask_token_id: int = 103
+    visual_feat_dim: int = 2048
+    box_feature_kind: str | None = "xyxy_wh"
+    use_img_layer_norm: bool | int = False
+    img_layer_norm_eps: float = 1e-12
+    num_contrast_classes: int = 2
+    mlm_weight: float | int = 1.0
+    contrastive_weight: float | int = 1.0
+    classifier_type: str = "linear"
+    classifier_hidden_scale: int | float = 2
+    classifier_layer_norm: bool | int | None = None
+    num_choices: int = 2
+    vqa_loss: str = "bce"
+    caption_label_smoothing: float | int = 0.0
+    caption_drop_worst_ratio: float | int = 0.0
+    caption_drop_worst_after: int = 0
+    caption_tag_position_offset: int = 40
+    caption_max_length: int = 20
+    freeze_word_embeddings: bool = False
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        if self.id2label is None and "num_labels" not in kwargs:
             kwargs["num_labels"] = DEFAULT_NUM_LABELS
-        if box_feature_kind is not None and box_feature_kind not in BOX_FEATURE_SIZES:
+        self.use_img_layer_norm = bool(self.use_img_layer_norm)  # original configs write 0 / 1
+        self._check_options()  # a plain ValueError naming the field, as every hf_vlp input check
+        super().__post_init__(**kwargs)
+
+    def _check_options(self):
+        if self.box_feature_kind is not None and self.box_feature_kind not in BOX_FEATURE_SIZES:
             raise ValueError(
-                f"`box_feature_kind` must be None or one of {sorted(BOX_FEATURE_SIZES)}, got {box_feature_kind!r}"
+                f"`box_feature_kind` must be None or one of {sorted(BOX_FEATURE_SIZES)}, got {self.box_feature_kind!r}"
             )
-        if classifier_type not in CLASSIFIER_TYPES:
-            raise ValueError(f"`classifier_type` must be one of {CLASSIFIER_TYPES}, got {classifier_type!r}")
-        if vqa_loss not in VQA_LOSSES:
-            raise ValueError(f"`vqa_loss` must be one of {VQA_LOSSES}, got {vqa_loss!r}")
-        if num_contrast_classes < 2:
-            raise ValueError(f"`num_contrast_classes` must be 2 (Oscar) or 3 (VinVL), got {num_contrast_classes!r}")
-        if not 0.0 <= caption_drop_worst_ratio < 1.0:
-            raise ValueError(f"`caption_drop_worst_ratio` must be in [0, 1), got {caption_drop_worst_ratio!r}")
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.hidden_act = hidden_act
-        self.hidden_dropout_prob = hidden_dropout_prob
-        self.attention_probs_dropout_prob = attention_probs_dropout_prob
-        self.max_position_embeddings = max_position_embeddings
-        self.type_vocab_size = type_vocab_size
-        self.initializer_range = initializer_range
-        self.layer_norm_eps = layer_norm_eps
-        self.mask_token_id = mask_token_id
-        self.visual_feat_dim = visual_feat_dim
-        self.box_feature_kind = box_feature_kind
-        self.use_img_layer_norm = bool(use_img_layer_norm)
-        self.img_layer_norm_eps = img_layer_norm_eps
-        self.num_contrast_classes = num_contrast_classes
-        self.mlm_weight = mlm_weight
-        self.contrastive_weight = contrastive_weight
-        self.classifier_type = classifier_type
-        self.classifier_hidden_scale = classifier_hidden_scale
-        self.classifier_layer_norm = classifier_layer_norm
-        self.num_choices = num_choices
-        self.vqa_loss = vqa_loss
-        self.caption_label_smoothing = caption_label_smoothing
-        self.caption_drop_worst_ratio = caption_drop_worst_ratio
-        self.caption_drop_worst_after = caption_drop_worst_after
-        self.caption_tag_position_offset = caption_tag_position_offset
-        self.caption_max_length = caption_max_length
-        self.freeze_word_embeddings = freeze_word_embeddings
-        self.tie_word_embeddings = tie_word_embeddings
-        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
+        if self.classifier_type not in CLASSIFIER_TYPES:
+            raise ValueError(f"`classifier_type` must be one of {CLASSIFIER_TYPES}, got {self.classifier_type!r}")
+        if self.vqa_loss not in VQA_LOSSES:
+            raise ValueError(f"`vqa_loss` must be one of {VQA_LOSSES}, got {self.vqa_loss!r}")
+        if self.num_contrast_classes < 2:
+            raise ValueError(
+                f"`num_contrast_classes` must be 2 (Oscar) or 3 (VinVL), got {self.num_contrast_classes!r}"
+            )
+        if not 0.0 <= self.caption_drop_worst_ratio < 1.0:
+            raise ValueError(f"`caption_drop_worst_ratio` must be in [0, 1), got {self.caption_drop_worst_ratio!r}")
 
     def to_diff_dict(self):
         # transformers drops a 2-label `id2label` as its own default, but ours is 3129: keep it so it reloads

@@ -61,13 +61,12 @@ class UniterConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         if self.id2label is None and "num_labels" not in kwargs:
             kwargs["num_labels"] = 3129  # the VQA v2 answer vocabulary
-        super().__post_init__(**kwargs)
-
-    def validate_heads(self):
+        # plain ValueErrors naming the field, as every hf_vlp input check
         if self.nlvr2_head not in NLVR2_HEADS:
             raise ValueError(f"`nlvr2_head` must be one of {NLVR2_HEADS}, got {self.nlvr2_head!r}")
         if self.referring_head_layers not in (1, 2):
             raise ValueError(f"`referring_head_layers` must be 1 or 2, got {self.referring_head_layers!r}")
+        super().__post_init__(**kwargs)
 
     @classmethod
     def large(cls, **kwargs):
