@@ -1,6 +1,7 @@
 """ViLBERT configuration. Defaults are the released ViLBERT base model (`config/bert_base_6layer_6conect.json` of
 facebookresearch/vilbert-multi-task, used for both `pretrained_model.bin` and the 12-in-1 `multi_task_model.bin`)."""
 
+from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 # `visual_target` of the original (`--visual_target 0/1/2`) plus hard-label classification.
@@ -44,6 +45,7 @@ def default_schedule(v_num_hidden_layers, num_hidden_layers):
     return list(range(count)), list(range(num_hidden_layers - count, num_hidden_layers))
 
 
+@strict(accept_kwargs=True)
 class VilbertConfig(PreTrainedConfig):
     r"""
     Field names are those of the original `BertConfig` (so an original JSON reads as keyword arguments); the text
@@ -78,104 +80,73 @@ class VilbertConfig(PreTrainedConfig):
     model_type = "vilbert"
     attribute_map = {"visual_feat_dim": "v_feature_size", "num_region_classes": "v_target_size"}
 
-    def __init__(
-        self,
-        vocab_size=30522,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        hidden_act="gelu",
-        hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1,
-        max_position_embeddings=512,
-        type_vocab_size=2,
-        initializer_range=0.02,
-        layer_norm_eps=1e-12,
-        pad_token_id=0,
-        v_feature_size=2048,
-        v_target_size=1601,
-        v_hidden_size=1024,
-        v_num_hidden_layers=6,
-        v_num_attention_heads=8,
-        v_intermediate_size=1024,
-        v_hidden_act="gelu",
-        v_hidden_dropout_prob=0.1,
-        v_attention_probs_dropout_prob=0.1,
-        bi_hidden_size=1024,
-        bi_num_attention_heads=8,
-        v_biattention_id=None,
-        t_biattention_id=None,
-        fusion_method="mul",
-        task_specific_tokens=False,
-        num_task_tokens=20,
-        task_token_ids=None,
-        visual_target="kl",
-        gqa_num_labels=1533,
-        entailment_labels=("contradiction", "neutral", "entailment"),
-        mlm_weight=1.0,
-        mrm_weight=1.0,
-        itm_weight=1.0,
-        tie_word_embeddings=True,
-        **kwargs,
-    ):
-        if "num_labels" not in kwargs and "id2label" not in kwargs:
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float | int = 0.1
+    attention_probs_dropout_prob: float | int = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int | None = 0
+    v_feature_size: int = 2048
+    v_target_size: int = 1601
+    v_hidden_size: int = 1024
+    v_num_hidden_layers: int = 6
+    v_num_attention_heads: int = 8
+    v_intermediate_size: int = 1024
+    v_hidden_act: str = "gelu"
+    v_hidden_dropout_prob: float | int = 0.1
+    v_attention_probs_dropout_prob: float | int = 0.1
+    bi_hidden_size: int = 1024
+    bi_num_attention_heads: int = 8
+    v_biattention_id: list[int] | tuple[int, ...] | None = None
+    t_biattention_id: list[int] | tuple[int, ...] | None = None
+    fusion_method: str = "mul"
+    task_specific_tokens: bool = False
+    num_task_tokens: int = 20
+    task_token_ids: dict | None = None
+    visual_target: str = "kl"
+    gqa_num_labels: int = 1533
+    entailment_labels: list[str] | tuple[str, ...] = ("contradiction", "neutral", "entailment")
+    mlm_weight: float | int = 1.0
+    mrm_weight: float | int = 1.0
+    itm_weight: float | int = 1.0
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        if self.id2label is None and "num_labels" not in kwargs:
             kwargs["num_labels"] = 3129
         kwargs.setdefault("auto_map", dict(VILBERT_AUTO_MAP))
-        if v_biattention_id is None and t_biattention_id is None:
-            v_biattention_id, t_biattention_id = default_schedule(v_num_hidden_layers, num_hidden_layers)
-        elif v_biattention_id is None or t_biattention_id is None:
+        # plain ValueErrors naming the field, as every hf_vlp input check
+        if self.v_biattention_id is None and self.t_biattention_id is None:
+            self.v_biattention_id, self.t_biattention_id = default_schedule(
+                self.v_num_hidden_layers, self.num_hidden_layers
+            )
+        elif self.v_biattention_id is None or self.t_biattention_id is None:
             raise ValueError("give both `v_biattention_id` and `t_biattention_id`, or neither (default schedule)")
-        v_biattention_id, t_biattention_id = list(v_biattention_id), list(t_biattention_id)
-        self._check_schedule(v_biattention_id, t_biattention_id, v_num_hidden_layers, num_hidden_layers)
-        if fusion_method not in ("mul", "sum"):
-            raise ValueError(f"`fusion_method` must be 'mul' or 'sum', got {fusion_method!r}")
-        if visual_target not in VISUAL_TARGETS:
-            raise ValueError(f"`visual_target` must be one of {VISUAL_TARGETS}, got {visual_target!r}")
+        self.v_biattention_id, self.t_biattention_id = list(self.v_biattention_id), list(self.t_biattention_id)
+        self._check_schedule(
+            self.v_biattention_id, self.t_biattention_id, self.v_num_hidden_layers, self.num_hidden_layers
+        )
+        if self.fusion_method not in ("mul", "sum"):
+            raise ValueError(f"`fusion_method` must be 'mul' or 'sum', got {self.fusion_method!r}")
+        if self.visual_target not in VISUAL_TARGETS:
+            raise ValueError(f"`visual_target` must be one of {VISUAL_TARGETS}, got {self.visual_target!r}")
         for name, size, heads in (
-            ("hidden_size", hidden_size, num_attention_heads),
-            ("v_hidden_size", v_hidden_size, v_num_attention_heads),
-            ("bi_hidden_size", bi_hidden_size, bi_num_attention_heads),
+            ("hidden_size", self.hidden_size, self.num_attention_heads),
+            ("v_hidden_size", self.v_hidden_size, self.v_num_attention_heads),
+            ("bi_hidden_size", self.bi_hidden_size, self.bi_num_attention_heads),
         ):
             if size % heads:
                 raise ValueError(f"`{name}`={size} is not a multiple of its number of attention heads ({heads})")
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.hidden_act = hidden_act
-        self.hidden_dropout_prob = hidden_dropout_prob
-        self.attention_probs_dropout_prob = attention_probs_dropout_prob
-        self.max_position_embeddings = max_position_embeddings
-        self.type_vocab_size = type_vocab_size
-        self.initializer_range = initializer_range
-        self.layer_norm_eps = layer_norm_eps
-        self.v_feature_size = v_feature_size
-        self.v_target_size = v_target_size
-        self.v_hidden_size = v_hidden_size
-        self.v_num_hidden_layers = v_num_hidden_layers
-        self.v_num_attention_heads = v_num_attention_heads
-        self.v_intermediate_size = v_intermediate_size
-        self.v_hidden_act = v_hidden_act
-        self.v_hidden_dropout_prob = v_hidden_dropout_prob
-        self.v_attention_probs_dropout_prob = v_attention_probs_dropout_prob
-        self.bi_hidden_size = bi_hidden_size
-        self.bi_num_attention_heads = bi_num_attention_heads
-        self.v_biattention_id = v_biattention_id
-        self.t_biattention_id = t_biattention_id
-        self.fusion_method = fusion_method
-        self.task_specific_tokens = task_specific_tokens
-        self.num_task_tokens = num_task_tokens
-        self.task_token_ids = dict(DEFAULT_TASK_TOKEN_IDS if task_token_ids is None else task_token_ids)
-        self.visual_target = visual_target
-        self.gqa_num_labels = gqa_num_labels
-        self.entailment_labels = list(entailment_labels)
-        self.mlm_weight = mlm_weight
-        self.mrm_weight = mrm_weight
-        self.itm_weight = itm_weight
-        self.tie_word_embeddings = tie_word_embeddings
-        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        self.task_token_ids = dict(DEFAULT_TASK_TOKEN_IDS if self.task_token_ids is None else self.task_token_ids)
+        self.entailment_labels = list(self.entailment_labels)
+        super().__post_init__(**kwargs)
 
     @staticmethod
     def _check_schedule(v_ids, t_ids, v_layers, t_layers):
