@@ -9,6 +9,7 @@ released archives could not be downloaded here: `v_intermediate_size`, `class_at
 `task_type_vocab_size` defaults are unverified (the converter reads every size the tensors pin down from them).
 """
 
+from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from hf_vlp.modeling.vilbert.configuration_vilbert import default_schedule
@@ -24,6 +25,7 @@ ERNIE_VIL_AUTO_MAP = {
 }
 
 
+@strict(accept_kwargs=True)
 class ErnieVilConfig(PreTrainedConfig):
     r"""
     Args (original names):
@@ -68,117 +70,87 @@ class ErnieVilConfig(PreTrainedConfig):
     num_task_tokens = 0
     task_token_ids = {}
 
-    def __init__(
-        self,
-        vocab_size=30522,
-        hidden_size=768,
-        num_hidden_layers=None,
-        num_attention_heads=12,
-        intermediate_size=None,
-        hidden_act="gelu",
-        hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1,
-        max_position_embeddings=512,
-        sent_type_vocab_size=2,
-        task_type_vocab_size=3,
-        initializer_range=0.02,
-        layer_norm_eps=1e-5,
-        pad_token_id=0,
-        v_feature_size=2048,
-        v_hidden_size=1024,
-        v_num_hidden_layers=None,
-        v_num_attention_heads=8,
-        v_intermediate_size=1024,
-        co_hidden_size=1024,
-        co_num_attention_heads=8,
-        co_intermediate_size=1024,
-        v_biattention_id=None,
-        t_biattention_id=None,
-        class_size=1601,
-        class_attr_size=401,
-        fusion_method="mul",
-        vqa_hidden_size=None,
-        mlm_weight=1.0,
-        object_weight=1.0,
-        attribute_weight=1.0,
-        relation_weight=1.0,
-        mrc_weight=1.0,
-        itm_weight=1.0,
-        tie_word_embeddings=True,
-        **kwargs,
-    ):
-        if "num_labels" not in kwargs and "id2label" not in kwargs:
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int | None = None
+    num_attention_heads: int = 12
+    intermediate_size: int | None = None
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float | int = 0.1
+    attention_probs_dropout_prob: float | int = 0.1
+    max_position_embeddings: int = 512
+    sent_type_vocab_size: int = 2
+    task_type_vocab_size: int = 3
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-5
+    pad_token_id: int | None = 0
+    v_feature_size: int = 2048
+    v_hidden_size: int = 1024
+    v_num_hidden_layers: int | None = None
+    v_num_attention_heads: int = 8
+    v_intermediate_size: int = 1024
+    co_hidden_size: int = 1024
+    co_num_attention_heads: int = 8
+    co_intermediate_size: int = 1024
+    v_biattention_id: list[int] | tuple[int, ...] | None = None
+    t_biattention_id: list[int] | tuple[int, ...] | None = None
+    class_size: int = 1601
+    class_attr_size: int = 401
+    fusion_method: str = "mul"
+    vqa_hidden_size: int | None = None
+    mlm_weight: float | int = 1.0
+    object_weight: float | int = 1.0
+    attribute_weight: float | int = 1.0
+    relation_weight: float | int = 1.0
+    mrc_weight: float | int = 1.0
+    itm_weight: float | int = 1.0
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        if self.id2label is None and "num_labels" not in kwargs:
             kwargs["num_labels"] = 3129
         kwargs.setdefault("auto_map", dict(ERNIE_VIL_AUTO_MAP))
-        if v_biattention_id is None and t_biattention_id is None:
+        # plain ValueErrors naming the field, as every hf_vlp input check
+        v_ids, t_ids = self.v_biattention_id, self.t_biattention_id
+        if v_ids is None and t_ids is None:
             # the released layout for the given depths (base: v [0..5], t [6..11]; large: t [18..23])
-            v_biattention_id, t_biattention_id = default_schedule(v_num_hidden_layers or 6, num_hidden_layers or 12)
-        elif v_biattention_id is None or t_biattention_id is None:
+            v_ids, t_ids = default_schedule(self.v_num_hidden_layers or 6, self.num_hidden_layers or 12)
+        elif v_ids is None or t_ids is None:
             raise ValueError("give both `v_biattention_id` and `t_biattention_id`, or neither (default schedule)")
-        v_biattention_id, t_biattention_id = list(v_biattention_id), list(t_biattention_id)
-        if not v_biattention_id or len(v_biattention_id) != len(t_biattention_id):
+        v_ids, t_ids = list(v_ids), list(t_ids)
+        if not v_ids or len(v_ids) != len(t_ids):
             raise ValueError(
-                f"`v_biattention_id` {v_biattention_id} and `t_biattention_id` {t_biattention_id} must list one entry "
+                f"`v_biattention_id` {v_ids} and `t_biattention_id` {t_ids} must list one entry "
                 "per co-attention block (at least one)"
             )
-        for name, ids in (("v_biattention_id", v_biattention_id), ("t_biattention_id", t_biattention_id)):
+        for name, ids in (("v_biattention_id", v_ids), ("t_biattention_id", t_ids)):
             if any(b < a for a, b in zip(ids, ids[1:])) or ids[0] < 0:
                 raise ValueError(f"`{name}`={ids} must be non-decreasing layer indices")
         # the original's tail runs layer t_ids[-1] / v_ids[-1] once after the last block: that fixes the depths
         for name, value, ids in (
-            ("num_hidden_layers", num_hidden_layers, t_biattention_id),
-            ("v_num_hidden_layers", v_num_hidden_layers, v_biattention_id),
+            ("num_hidden_layers", self.num_hidden_layers, t_ids),
+            ("v_num_hidden_layers", self.v_num_hidden_layers, v_ids),
         ):
             if value is not None and value != ids[-1] + 1:
                 raise ValueError(
                     f"`{name}`={value} but the connection schedule implies {ids[-1] + 1} layers (ERNIE-ViL runs layer "
                     f"{ids[-1]} once after the last co-attention block)"
                 )
-        if fusion_method not in ("mul", "sum"):
-            raise ValueError(f"`fusion_method` must be 'mul' or 'sum', got {fusion_method!r}")
-        intermediate_size = intermediate_size or 4 * hidden_size  # hard-coded 4 * hidden in the original
+        if self.fusion_method not in ("mul", "sum"):
+            raise ValueError(f"`fusion_method` must be 'mul' or 'sum', got {self.fusion_method!r}")
         for name, size, heads in (
-            ("hidden_size", hidden_size, num_attention_heads),
-            ("v_hidden_size", v_hidden_size, v_num_attention_heads),
-            ("co_hidden_size", co_hidden_size, co_num_attention_heads),
+            ("hidden_size", self.hidden_size, self.num_attention_heads),
+            ("v_hidden_size", self.v_hidden_size, self.v_num_attention_heads),
+            ("co_hidden_size", self.co_hidden_size, self.co_num_attention_heads),
         ):
             if size % heads:
                 raise ValueError(f"`{name}`={size} is not a multiple of its number of attention heads ({heads})")
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = t_biattention_id[-1] + 1
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.hidden_act = hidden_act
-        self.hidden_dropout_prob = hidden_dropout_prob
-        self.attention_probs_dropout_prob = attention_probs_dropout_prob
-        self.max_position_embeddings = max_position_embeddings
-        self.sent_type_vocab_size = sent_type_vocab_size
-        self.task_type_vocab_size = task_type_vocab_size
-        self.initializer_range = initializer_range
-        self.layer_norm_eps = layer_norm_eps
-        self.v_feature_size = v_feature_size
-        self.v_hidden_size = v_hidden_size
-        self.v_num_hidden_layers = v_biattention_id[-1] + 1
-        self.v_num_attention_heads = v_num_attention_heads
-        self.v_intermediate_size = v_intermediate_size
-        self.co_hidden_size = co_hidden_size
-        self.co_num_attention_heads = co_num_attention_heads
-        self.co_intermediate_size = co_intermediate_size
-        self.v_biattention_id = v_biattention_id
-        self.t_biattention_id = t_biattention_id
-        self.class_size = class_size
-        self.class_attr_size = class_attr_size
-        self.fusion_method = fusion_method
-        self.vqa_hidden_size = vqa_hidden_size or 2 * co_hidden_size
-        self.mlm_weight = mlm_weight
-        self.object_weight = object_weight
-        self.attribute_weight = attribute_weight
-        self.relation_weight = relation_weight
-        self.mrc_weight = mrc_weight
-        self.itm_weight = itm_weight
-        self.tie_word_embeddings = tie_word_embeddings
-        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        self.v_biattention_id, self.t_biattention_id = v_ids, t_ids
+        self.num_hidden_layers = t_ids[-1] + 1
+        self.v_num_hidden_layers = v_ids[-1] + 1
+        self.intermediate_size = self.intermediate_size or 4 * self.hidden_size  # hard-coded 4 * hidden in the original
+        self.vqa_hidden_size = self.vqa_hidden_size or 2 * self.co_hidden_size
+        super().__post_init__(**kwargs)
 
     @classmethod
     def large(cls, **kwargs):
