@@ -4,9 +4,11 @@ transformers has no ResNet CLIP; the text tower is transformers' `CLIPTextConfig
 (openai/CLIP `clip/model.py`; sizes as `build_model` infers them from the released `RN50.pt`).
 """
 
+from huggingface_hub.dataclasses import strict
 from transformers import CLIPTextConfig, PreTrainedConfig
 
 
+@strict
 class CLIPResNetVisionConfig(PreTrainedConfig):
     r"""
     layers: Bottleneck blocks per stage (RN50: 3, 4, 6, 3).
@@ -56,6 +58,7 @@ class CLIPResNetVisionConfig(PreTrainedConfig):
         return self.width * 32
 
 
+@strict
 class CLIPResNetConfig(PreTrainedConfig):
     r"""
     text_config: a `CLIPTextConfig` (dict or instance). For converted OpenAI weights `eos_token_id` is

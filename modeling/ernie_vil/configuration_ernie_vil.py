@@ -25,7 +25,7 @@ ERNIE_VIL_AUTO_MAP = {
 }
 
 
-@strict(accept_kwargs=True)
+@strict
 class ErnieVilConfig(PreTrainedConfig):
     r"""
     Args (original names):

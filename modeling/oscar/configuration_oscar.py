@@ -15,7 +15,7 @@ DEFAULT_NUM_LABELS = 3129  # VQA v2 answer vocabulary of the released VQA models
 VQA_LOSSES = ("bce", "ce")
 
 
-@strict(accept_kwargs=True)
+@strict
 class OscarConfig(PreTrainedConfig):
     r"""
     Text side: bert-base-uncased (the released models start from it). Image side: the sizes the original reads from

@@ -6,7 +6,7 @@ from transformers import PreTrainedConfig
 NLVR2_HEADS = ("paired", "triplet", "paired-attn")
 
 
-@strict(accept_kwargs=True)
+@strict
 class UniterConfig(PreTrainedConfig):
     r"""
     Text side: the BERT-base-cased sizes of the released model. Image side: sizes the original hard-codes in

@@ -45,7 +45,7 @@ def default_schedule(v_num_hidden_layers, num_hidden_layers):
     return list(range(count)), list(range(num_hidden_layers - count, num_hidden_layers))
 
 
-@strict(accept_kwargs=True)
+@strict
 class VilbertConfig(PreTrainedConfig):
     r"""
     Field names are those of the original `BertConfig` (so an original JSON reads as keyword arguments); the text
