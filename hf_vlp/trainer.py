@@ -1,6 +1,8 @@
 """`VLPTrainer`: `transformers.Trainer` that logs each objective's loss, stops (or skips) on non-finite losses and
 gradients, plus the task metrics of the field."""
 
+import copy
+import os
 import types
 
 import numpy as np
@@ -136,6 +138,61 @@ class VLPTrainer(Trainer):
             optimizer.step = types.MethodType(guarded_step, optimizer)
             optimizer._vlp_guarded_step = True
         return optimizer
+
+    # -- exact resume: the collator's own generators (pretraining masks, negatives, objective draws) --------------
+
+    COLLATOR_RNG_FILE = "collator_rng_state.pth"
+
+    def _save_rng_state(self, output_dir):
+        super()._save_rng_state(output_dir)
+        collator = self.data_collator
+        if hasattr(collator, "rng_state"):
+            # the batches the optimizer steps so far consumed; the loader may already have collated the next one
+            consumed = self.state.global_step * self.args.gradient_accumulation_steps
+            name = (
+                self.COLLATOR_RNG_FILE
+                if self.args.world_size <= 1
+                else f"collator_rng_state_{self.args.process_index}.pth"
+            )
+            try:
+                state = collator.rng_state(before_call=consumed)
+            except ValueError as error:  # e.g. batches collated in worker processes: the main copy never ran
+                logger.warning(f"the collator's generator state is not saved, resuming will not be exact: {error}")
+                return
+            torch.save(state, os.path.join(output_dir, name))
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        # the collator's generators are restored before the Trainer builds its data loader, which collates the first
+        # batch before the Trainer restores its own generator states
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        if isinstance(checkpoint, (str, os.PathLike)) and hasattr(self.data_collator, "set_rng_state"):
+            name = (
+                self.COLLATOR_RNG_FILE
+                if self.args.world_size <= 1
+                else f"collator_rng_state_{self.args.process_index}.pth"
+            )
+            path = os.path.join(checkpoint, name)
+            if os.path.isfile(path):
+                self.data_collator.set_rng_state(torch.load(path, weights_only=True))  # data only, never code
+            else:
+                logger.warning(f"{path} is missing: the collator's masks restart from its seed (resume is not exact)")
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        # evaluation draws its masks from a copy of the collator, so that it never moves the training batches'
+        # generators (a resumed run, which skips the evaluations before its checkpoint, then matches exactly)
+        collator = self.data_collator
+        if not hasattr(collator, "rng_state"):
+            return super().get_eval_dataloader(eval_dataset)
+        self.data_collator = copy.deepcopy(collator)
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = collator
 
     def push_to_hub(self, commit_message="End of training", blocking=True, token=None, revision=None, **card):
         """The complete hf_vlp repo, as `hf-vlp push` uploads it: weights, config, the Trainer's processor

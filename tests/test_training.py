@@ -5,6 +5,7 @@ architecture x task pair of the specs either trains or is refused with a ValueEr
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -100,6 +101,54 @@ def test_resume_continues_where_the_interrupted_run_stopped(tmp_path, monkeypatc
     state = json.loads((tmp_path / "resumed" / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
     assert_equal_weights(weights(tmp_path / "resumed"), weights(tmp_path / "uninterrupted"))
+
+
+def test_pretraining_resume_continues_where_the_interrupted_run_stopped(tmp_path, monkeypatch):
+    """The pretraining collator draws masks, negatives and objectives from its own generators: the checkpoint keeps
+    their state for the next batch, so the resumed run masks exactly as the uninterrupted one."""
+    run = ["--max_steps", "4", "--save_steps", "2", "--seed", "3"]
+    assert hf_vlp_train(tmp_path / "uninterrupted", "pretrain", *run) == 0
+
+    class Interrupted(training.VLPTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(StopAfter(2))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "VLPTrainer", Interrupted)
+        assert hf_vlp_train(tmp_path / "resumed", "pretrain", *run) == 0
+    assert (tmp_path / "resumed" / "checkpoint-2" / "collator_rng_state.pth").exists()
+    assert not (tmp_path / "resumed" / "checkpoint-4").exists()  # it really stopped early
+    checkpoint = str(tmp_path / "resumed" / "checkpoint-2")
+    assert hf_vlp_train(tmp_path / "resumed", "pretrain", *run, "--resume_from_checkpoint", checkpoint) == 0
+    assert_equal_weights(weights(tmp_path / "resumed"), weights(tmp_path / "uninterrupted"))
+
+
+def test_collator_keeps_the_state_before_recent_calls():
+    from hf_vlp.pretraining.collators import DataCollatorForVLPretraining
+    from hf_vlp.recipes import build_processor, shapes_tokenizer
+
+    collator = DataCollatorForVLPretraining(build_processor("uniter", shapes_tokenizer(num_images=20)), seed=1)
+    rows = [
+        {
+            "text": "a red circle",
+            "region_features": np.ones((2, 4)),
+            "boxes": [[0, 0, 5, 5]] * 2,
+            "image_width": 10,
+            "image_height": 10,
+            "region_labels": [1, 2],
+            "region_class_probs": np.full((2, 6), 1 / 6),
+        }
+        for _ in range(3)
+    ]
+    first = collator(rows)
+    state = collator.rng_state(before_call=0)
+    collator(rows)
+    collator.set_rng_state(state)
+    again = collator(rows)
+    assert torch.equal(first["input_ids"], again["input_ids"])
+    with pytest.raises(ValueError, match="no generator state is kept for call 9"):
+        collator.rng_state(before_call=9)
 
 
 def test_resume_last_finds_the_newest_checkpoint(tmp_path):

@@ -83,10 +83,44 @@ class DataCollatorForVLPretraining:
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         self._objective_rng = random.Random(self.seed)  # identical on every rank
         self._mask_rng = torch.Generator().manual_seed(self.seed * 1000 + rank + 1)
+        # generator states before each of the last few calls, so that a Trainer checkpoint can store the state its
+        # next batch will be drawn with (the data loader collates a batch ahead of the step that uses it)
+        self._calls = 0
+        self._states_before_call = {}
 
     # -- public -------------------------------------------------------------------------------------------------
 
+    def rng_state(self, before_call: int | None = None) -> dict:
+        """The masking and objective generators' state: now, or as it was before call number `before_call`
+        (one of the last few calls, or the next one)."""
+        if before_call is None or before_call == self._calls:
+            return {
+                "calls": self._calls,
+                "objective": self._objective_rng.getstate(),
+                "mask": self._mask_rng.get_state(),
+            }
+        if before_call not in self._states_before_call:
+            raise ValueError(
+                f"no generator state is kept for call {before_call}: this collator has made {self._calls} calls and "
+                f"keeps the state before calls {sorted(self._states_before_call)}"
+            )
+        return self._states_before_call[before_call]
+
+    def set_rng_state(self, state: dict) -> None:
+        """Restore a state from `rng_state` (a resumed run then masks its next batch as the interrupted one would)."""
+        self._objective_rng.setstate(state["objective"])
+        self._mask_rng.set_state(state["mask"])
+        self._calls = state["calls"]
+        self._states_before_call = {}
+
+    def _record_call(self) -> None:
+        """Keep the generators' state before this call (subclasses that replace `__call__` call it first)."""
+        self._states_before_call[self._calls] = self.rng_state()
+        self._states_before_call.pop(self._calls - 4, None)
+        self._calls += 1
+
     def __call__(self, rows: list[dict]) -> dict:
+        self._record_call()
         if self.objective_sampling == "per_batch":
             active = {self._objective_rng.choices(self._objective_names, self._objective_weights)[0]}
         else:

@@ -59,6 +59,7 @@ class LxmertPretrainingCollator(DataCollatorForVLPretraining):
         self.objectives = requested
 
     def __call__(self, rows):
+        self._record_call()
         active = set(self.objectives)
         get = lambda name: [row[self.fields[name]] for row in rows]  # noqa: E731
         for name in ("text", "visual_feats", "boxes"):
