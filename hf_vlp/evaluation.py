@@ -36,7 +36,8 @@ def image_columns(column_names: Sequence[str]) -> list[str]:
     return [name for name in column_names if name.startswith(IMAGE_COLUMN_PREFIXES)]
 
 
-def _as_rows(data) -> list[dict]:
+def as_rows(data) -> list[dict]:
+    """A list of row dicts from a list (returned as is) or a `datasets.Dataset`."""
     if isinstance(data, list):
         return data
     return [data[i] for i in range(len(data))]
@@ -49,7 +50,7 @@ def shuffle_images(data, seed: int = 0, id_column: str = "image_id") -> list[dic
     on the cycle, so no row keeps its own image, rows that shared an image still share one, and every image is
     used as often as before. Needs at least two distinct images.
     """
-    rows = _as_rows(data)
+    rows = as_rows(data)
     if not rows:
         raise ValueError("`data` is empty: nothing to shuffle.")
     if id_column not in rows[0]:
@@ -72,7 +73,7 @@ def shuffle_images(data, seed: int = 0, id_column: str = "image_id") -> list[dic
 
 def majority_by_group(train, label_key: str = "answer", group_key: str | None = "question_type") -> dict:
     """The most frequent training label of each group (ties broken by the label's sort order), and overall."""
-    rows = _as_rows(train)
+    rows = as_rows(train)
     if not rows:
         raise ValueError("`train` is empty: the prior needs training labels.")
     counts: dict = collections.defaultdict(collections.Counter)
@@ -141,7 +142,7 @@ def classification_controls(
     `predict(rows)` returns one label per row, comparable with `row[label_key]` (an answer string for VQA, a class
     id for entailment / NLVR2). Groups come from `group_key` (None: overall only).
     """
-    rows = _as_rows(evaluation)
+    rows = as_rows(evaluation)
     if not rows:
         raise ValueError("`evaluation` is empty.")
     labels = [row[label_key] for row in rows]
@@ -211,7 +212,7 @@ def ranking_controls(
 
     `score(rows)` returns an (N texts, N images) similarity matrix for the texts and images of `rows`.
     """
-    rows = _as_rows(rows)
+    rows = as_rows(rows)
     if len(rows) < 2:
         raise ValueError("ranking needs a gallery of at least two rows.")
 
@@ -244,7 +245,7 @@ def grounding_controls(
 ) -> ControlReport:
     """Referring-expression accuracy (predicted region index == target) against a random box (the expected
     accuracy of picking one of the image's regions uniformly) and the most frequent training target index."""
-    rows = _as_rows(evaluation)
+    rows = as_rows(evaluation)
     if not rows:
         raise ValueError("`evaluation` is empty.")
     targets = np.array([row[target_key] for row in rows])

@@ -143,23 +143,23 @@ class VLPTrainer(Trainer):
 
     COLLATOR_RNG_FILE = "collator_rng_state.pth"
 
+    def _collator_rng_file(self):
+        if self.args.world_size <= 1:
+            return self.COLLATOR_RNG_FILE
+        return f"collator_rng_state_{self.args.process_index}.pth"
+
     def _save_rng_state(self, output_dir):
         super()._save_rng_state(output_dir)
         collator = self.data_collator
         if hasattr(collator, "rng_state"):
             # the batches the optimizer steps so far consumed; the loader may already have collated the next one
             consumed = self.state.global_step * self.args.gradient_accumulation_steps
-            name = (
-                self.COLLATOR_RNG_FILE
-                if self.args.world_size <= 1
-                else f"collator_rng_state_{self.args.process_index}.pth"
-            )
             try:
                 state = collator.rng_state(before_call=consumed)
             except ValueError as error:  # e.g. batches collated in worker processes: the main copy never ran
                 logger.warning(f"the collator's generator state is not saved, resuming will not be exact: {error}")
                 return
-            torch.save(state, os.path.join(output_dir, name))
+            torch.save(state, os.path.join(output_dir, self._collator_rng_file()))
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         # the collator's generators are restored before the Trainer builds its data loader, which collates the first
@@ -170,12 +170,7 @@ class VLPTrainer(Trainer):
 
             checkpoint = get_last_checkpoint(self.args.output_dir)
         if isinstance(checkpoint, (str, os.PathLike)) and hasattr(self.data_collator, "set_rng_state"):
-            name = (
-                self.COLLATOR_RNG_FILE
-                if self.args.world_size <= 1
-                else f"collator_rng_state_{self.args.process_index}.pth"
-            )
-            path = os.path.join(checkpoint, name)
+            path = os.path.join(checkpoint, self._collator_rng_file())
             if os.path.isfile(path):
                 self.data_collator.set_rng_state(torch.load(path, weights_only=True))  # data only, never code
             else:

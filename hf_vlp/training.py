@@ -16,6 +16,7 @@ from .data import SHAPES_VQA_ANSWERS, shapes_dataset
 from .data.shapes import SHAPES_CLASSES
 from .evaluation import (
     OVERALL,
+    as_rows,
     classification_controls,
     classifier_predict,
     grounding_controls,
@@ -306,10 +307,6 @@ def shapes_trainer(args, training_args, train, model, processor):
     )
 
 
-def _rows(dataset):
-    return dataset if isinstance(dataset, list) else [dataset[i] for i in range(len(dataset))]
-
-
 def retrieval_score(model, collator, batch_size=64):
     """`score(rows)` for `hf_vlp.evaluation.ranking_controls`: the model's match score of every text with every
     image of `rows`, an (N texts, N images) matrix, through the task collator's processor call."""
@@ -346,7 +343,7 @@ def evaluate_task(model, collator, dataset, task, batch_size=64, train=None, ret
     """
     if task not in SHAPES_TASK_METRICS:
         raise ValueError(f"`task` must be one of {sorted(SHAPES_TASK_METRICS)}, got {task!r}")
-    rows = _rows(dataset)
+    rows = as_rows(dataset)
     if not rows:
         raise ValueError("`dataset` is empty.")
     train = rows if train is None else train
