@@ -460,12 +460,14 @@ def push_folder(folder, repo_id, private=False, commit_message=None, timeout=PUS
     return _with_deadline(upload, timeout, f"push of {folder} to {repo_id}")
 
 
-def push_to_hub(model, processor, repo_id, directory=None, private=False, timeout=PUSH_TIMEOUT, **card):
+def push_to_hub(
+    model, processor, repo_id, directory=None, private=False, timeout=PUSH_TIMEOUT, commit_message=None, **card
+):
     """The complete Hub repo of `model` (+ `processor`): `save_for_hub` (weights, config, processor, model card naming
     hf_vlp and the architecture, remote code for model and processor) into `directory` (default: a temporary
-    folder), then `push_folder`. `hf-vlp push DIR` of a folder `save_for_hub` wrote uploads the same files. Use this
-    rather than `model.push_to_hub(...)`, which is transformers' plain upload (weights + config only, no card, no
-    processor, no remote code); `HubPushCallback` does it at the end of a Trainer run. Returns the commit URL."""
+    folder), then `push_folder`. `hf-vlp push DIR` of a folder `save_for_hub` wrote uploads the same files, and so do
+    `model.push_to_hub(repo_id, processor)` of an hf_vlp model class (`hub_mixin.HubPushMixin`),
+    `VLPTrainer.push_to_hub()` and `HubPushCallback` at the end of a Trainer run. Returns the commit URL."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -476,7 +478,7 @@ def push_to_hub(model, processor, repo_id, directory=None, private=False, timeou
             private=private,
             timeout=timeout,
             check=False,
-            commit_message=f"Upload {type(model).__name__}",
+            commit_message=commit_message or f"Upload {type(model).__name__}",
         )
 
 

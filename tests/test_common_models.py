@@ -474,6 +474,18 @@ def test_forward_signature_is_explicit_with_the_main_input_first(arch, task):
     assert {"output_attentions", "output_hidden_states", "return_dict"} <= {p.name for p in parameters}
 
 
+@pytest.mark.parametrize("arch, task", _cases("push_to_hub"))
+def test_push_to_hub_of_an_hf_vlp_class_is_the_complete_repo(arch, task):
+    from hf_vlp.hub_mixin import HubPushMixin
+
+    head = hf_vlp.get_spec(arch).model_class(task)
+    if head.__module__.startswith("transformers."):
+        pytest.skip(f"{head.__name__} is transformers' own class: its push_to_hub is transformers' upload")
+    # HubPushMixin before PreTrainedModel: model.push_to_hub uploads card, processor and remote code
+    # (tests/test_hub_safety.py checks the files)
+    assert head.push_to_hub is HubPushMixin.push_to_hub, [cls.__name__ for cls in head.__mro__]
+
+
 @pytest.mark.parametrize("arch, task", _cases("outputs"))
 def test_hidden_states_and_attentions_are_returned_when_asked_only(arch, task):
     model = tiny_model(arch, task, attn_implementation="eager")

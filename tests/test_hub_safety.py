@@ -227,11 +227,24 @@ def test_documented_route_and_callback_upload_what_hf_vlp_push_uploads(hub_endpo
         None,
     )
     assert trained_config == saved_config
-    # transformers' own model.push_to_hub is the plain upload (documented: use hf_vlp.hub.push_to_hub)
-    model.push_to_hub("tester/by-transformers")
-    assert "README.md" not in _received("tester/by-transformers") or "modeling_uniter.py" not in _received(
-        "tester/by-transformers"
-    )
+    # model.push_to_hub of an hf_vlp class: the same repo, with the processor given or found next to the weights
+    model.push_to_hub("tester/by-model", processor)
+    reloaded = type(model).from_pretrained(folder)
+    reloaded.push_to_hub("tester/by-reloaded-model")
+    for repo in ("tester/by-model", "tester/by-reloaded-model"):
+        received = _received(repo)
+        assert set(received) == set(by_cli), repo
+        for name in set(by_cli) - {"README.md", "config.json"}:
+            assert received[name] == by_cli[name], (repo, name)
+        pushed_config = json.loads(received["config.json"])
+        pushed_config.pop("use_cache", None)  # set by the Trainer run above on this same model object
+        assert pushed_config == saved_config, repo
+    with pytest.raises(TypeError, match="create_pr"):
+        model.push_to_hub("tester/by-model", processor, create_pr=True)
+    with pytest.warns(UserWarning, match="AutoProcessor.from_pretrained will fail"):
+        _model(bert_tokenizer).push_to_hub("tester/model-only")
+    assert "processor_config.json" not in _received("tester/model-only")
+    assert "modeling_uniter.py" in _received("tester/model-only")
 
 
 _BLOCKER = """

@@ -41,6 +41,7 @@ from transformers.models.blip.modeling_blip_text import (
 )
 from transformers.utils import ModelOutput, can_return_tuple
 
+from hf_vlp.hub_mixin import HubPushMixin
 from hf_vlp.layers import check_pixel_values
 from hf_vlp.pretraining.contrastive import contrastive_loss, gather_without_grad
 from hf_vlp.pretraining.losses import zero_loss
@@ -91,7 +92,7 @@ def mask_cross_attention_padding(model: nn.Module) -> nn.Module:
     return model
 
 
-class BlipInputGradientsMixin:
+class BlipInputGradientsMixin(HubPushMixin):
     """`enable_input_require_grads` that works for BLIP (adapters + gradient checkpointing).
 
     transformers hooks the word-embedding output, which `BlipTextEmbeddings` then updates in place (`+=` position
@@ -223,7 +224,7 @@ class BlipAnswerRanking(ModelOutput):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class BlipContrastiveMixin:
+class BlipContrastiveMixin(HubPushMixin):
     """ITC (+ momentum distillation and queues) and ITM with hard negatives, for a model with `vision_model`,
     `text_encoder`, `vision_proj`, `text_proj` and `itm_head`."""
 

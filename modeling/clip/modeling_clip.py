@@ -28,6 +28,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.clip.modeling_clip import CLIPOutput, CLIPPreTrainedModel
 from transformers.utils import can_return_tuple
 
+from hf_vlp.hub_mixin import HubPushMixin
 from hf_vlp.layers import check_pixel_values, eager_attention_forward
 from hf_vlp.pretraining.contrastive import contrastive_loss
 
@@ -54,7 +55,7 @@ def check_text_length(input_ids: torch.Tensor, context_length: int):
         )
 
 
-class CLIPContrastiveMixin:
+class CLIPContrastiveMixin(HubPushMixin):
     """`forward(input_ids, pixel_values, return_loss=True)` returning `CLIPOutput`, with the loss of
     `hf_vlp.pretraining.contrastive.contrastive_loss` (all-gather with gradients under DDP). Needs
     `get_image_features`, `get_text_features`, `logit_scale` and `config.text_config.max_position_embeddings`."""
@@ -255,7 +256,7 @@ class CLIPResNetAttentionPool(nn.Module):
         return self.c_proj(attended.reshape(batch, channels))
 
 
-class CLIPResNetPreTrainedModel(CLIPPreTrainedModel):
+class CLIPResNetPreTrainedModel(HubPushMixin, CLIPPreTrainedModel):
     config: CLIPResNetConfig
     config_class = CLIPResNetConfig
     base_model_prefix = "clip_resnet"

@@ -36,6 +36,7 @@ from transformers.models.lxmert.modeling_lxmert import (
 )
 from transformers.utils import can_return_tuple
 
+from hf_vlp.hub_mixin import HubPushMixin
 from hf_vlp.layers import check_visual_inputs
 from hf_vlp.pretraining.losses import masked_cross_entropy, soft_score_loss, zero_loss
 
@@ -68,7 +69,7 @@ def _make_layers_checkpointable(lxmert_model):
         layer.__class__ = LxmertXLayer
 
 
-class _HfVlpLxmertMixin:
+class _HfVlpLxmertMixin(HubPushMixin):
     """Shared by every hf_vlp LXMERT class (put first in the bases)."""
 
     supports_gradient_checkpointing = True

@@ -26,6 +26,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 
+from hf_vlp.hub_mixin import HubPushMixin
 from hf_vlp.layers import (
     MaskedLMHead,
     MultiHeadAttention,
@@ -275,7 +276,7 @@ class OscarEncoder(TransformerEncoder):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class OscarPreTrainedModel(PreTrainedModel):
+class OscarPreTrainedModel(HubPushMixin, PreTrainedModel):
     config_class = OscarConfig
     base_model_prefix = "oscar"
     supports_gradient_checkpointing = True

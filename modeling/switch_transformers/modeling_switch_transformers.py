@@ -26,6 +26,7 @@ from transformers.modeling_outputs import Seq2SeqMoEOutput
 from transformers.models.switch_transformers import modeling_switch_transformers as hf_switch
 from transformers.utils import can_return_tuple
 
+from hf_vlp.hub_mixin import HubPushMixin
 from hf_vlp.pretraining.losses import zero_loss
 
 # Default LoRA targets (PEFT `target_modules` regex): attention projections of encoder and decoder plus every
@@ -54,7 +55,7 @@ def router_losses(router_logits):
     return z_loss, aux_loss
 
 
-class SwitchTransformersForConditionalGeneration(hf_switch.SwitchTransformersForConditionalGeneration):
+class SwitchTransformersForConditionalGeneration(HubPushMixin, hf_switch.SwitchTransformersForConditionalGeneration):
     """Switch Transformer encoder-decoder with its router losses as trainable, separately logged objectives."""
 
     accepts_loss_kwargs = False

@@ -18,6 +18,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput, can_return_tuple
 
+from hf_vlp.hub_mixin import HubPushMixin
 from hf_vlp.layers import (
     MaskedLMHead,
     Pooler,
@@ -104,7 +105,7 @@ class UniterTaskOutput(ModelOutput):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class UniterPreTrainedModel(PreTrainedModel):
+class UniterPreTrainedModel(HubPushMixin, PreTrainedModel):
     config_class = UniterConfig
     base_model_prefix = "uniter"
     supports_gradient_checkpointing = True

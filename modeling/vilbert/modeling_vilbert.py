@@ -24,6 +24,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, can_return_tuple
 
+from hf_vlp.hub_mixin import HubPushMixin
 from hf_vlp.layers import (
     MaskedLMHead,
     PredictionHeadTransform,
@@ -287,7 +288,7 @@ class VilbertPooler(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class VilbertPreTrainedModel(PreTrainedModel):
+class VilbertPreTrainedModel(HubPushMixin, PreTrainedModel):
     config_class = VilbertConfig
     base_model_prefix = "vilbert"
     supports_gradient_checkpointing = True

@@ -24,6 +24,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.vilt.modeling_vilt import ViltMLMHead, ViltPreTrainedModel
 from transformers.utils import ModelOutput, can_return_tuple
 
+from hf_vlp.hub_mixin import HubPushMixin
 from hf_vlp.layers import check_pixel_values
 from hf_vlp.pretraining.losses import (
     masked_cross_entropy,
@@ -109,7 +110,7 @@ def word_patch_alignment(sequence_output, joint_mask, text_length, beta, iterati
     )
 
 
-class ViltForPreTraining(ViltPreTrainedModel):
+class ViltForPreTraining(HubPushMixin, ViltPreTrainedModel):
     """ViLT with its pretraining heads: `mlm_score` (untied decoder, keys `mlm_score.transform.*`,
     `mlm_score.decoder.{weight,bias}`) and `itm_score.fc`.
 
@@ -216,7 +217,7 @@ class ViltForPreTraining(ViltPreTrainedModel):
         )
 
 
-class ViltForImageTextRetrieval(ViltForImageAndTextRetrieval):
+class ViltForImageTextRetrieval(HubPushMixin, ViltForImageAndTextRetrieval):
     """transformers' retrieval model (same `rank_output` (1-logit) head and keys) that also trains.
 
     `labels` (B,): 1 for a matching pair, 0 otherwise. With `group_size=G` (argument or `config.retrieval_group_size`)

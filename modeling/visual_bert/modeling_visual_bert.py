@@ -31,6 +31,7 @@ from transformers.models.visual_bert.modeling_visual_bert import (
 )
 from transformers.utils import can_return_tuple
 
+from hf_vlp.hub_mixin import HubPushMixin
 from hf_vlp.pretraining.losses import masked_cross_entropy
 
 # Default LoRA targets (PEFT `LoraConfig(target_modules=...)`): the attention projections every token and region
@@ -71,7 +72,7 @@ def _check_region_inputs(visual_embeds, visual_attention_mask, visual_token_type
         )
 
 
-class VisualBertPreTrainedModel(hf.VisualBertPreTrainedModel):
+class VisualBertPreTrainedModel(HubPushMixin, hf.VisualBertPreTrainedModel):
     _no_split_modules = ["VisualBertLayer", "VisualBertEmbeddings"]
     accepts_loss_kwargs = False  # every head normalises its own loss (docs/design.md, "Trainer under DDP")
 

@@ -15,6 +15,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.models.vit.modeling_vit import ViTPreTrainedModel
 from transformers.utils import can_return_tuple
 
+from hf_vlp.hub_mixin import HubPushMixin
 from hf_vlp.layers import check_pixel_values
 
 # Default LoRA targets (PEFT `LoraConfig(target_modules=...)`) of transformers 5 ViT: the attention projections of
@@ -31,7 +32,7 @@ class ViTRepresentationConfig(ViTConfig):
     model_type = "vit_representation"
 
 
-class ViTForImageClassificationWithRepresentation(ViTPreTrainedModel):
+class ViTForImageClassificationWithRepresentation(HubPushMixin, ViTPreTrainedModel):
     """`ViTModel` with its pooler as the representation layer, then a linear classifier (`vit_jax/models_vit.py`:
     `pre_logits` Dense + tanh on the CLS token, then `head`)."""
 
