@@ -70,16 +70,22 @@ CONTRACTIONS = {
 }
 
 
-def normalize_answer(answer: str) -> str:
-    """'Two dogs.' -> '2 dogs', 'the Red' -> 'red', 'dont know' -> "don't know", '1,000' -> '1000'."""
-    text = " ".join(answer.lower().split())
+def strip_answer_punctuation(answer: str) -> str:
+    """The official evaluation's punctuation step: 'yes!' -> 'yes', '1,000' -> '1000', 'black/white' -> 'black white'.
+    It is all the official script applies to the human answers (and only when they differ)."""
+    text = answer
     digit_comma = re.search(r"\d,\d", text) is not None
     for mark in PUNCTUATION:
         if mark in text:
             # Punctuation next to a space (or inside "1,000") disappears; between two words it separates them.
             glued = f"{mark} " in text or f" {mark}" in text or digit_comma
             text = text.replace(mark, "" if glued else " ")
-    text = re.sub(r"\.(?!\d)", "", text)  # periods, but not decimal points
+    return re.sub(r"\.(?!\d)", "", text)  # periods, but not decimal points
+
+
+def normalize_answer(answer: str) -> str:
+    """'Two dogs.' -> '2 dogs', 'the Red' -> 'red', 'dont know' -> "don't know", '1,000' -> '1000'."""
+    text = strip_answer_punctuation(" ".join(answer.lower().split()))
     words = [NUMBER_WORDS.get(word, word) for word in text.split() if word not in ARTICLES]
     return " ".join(CONTRACTIONS.get(word, word) for word in words)
 
