@@ -6,8 +6,8 @@ Accepted files:
   heads the run enabled (`cls`, `obj_predict_head`, `answer_head`) -> `LxmertForPreTraining`;
 * fine-tuned VQA / GQA: `snap/<task>/<name>/BEST.pth` / `LAST.pth` as `VQA.save` / `GQA.save` write them
   (`lxrt_encoder.model.[module.]bert.*` + `logit_fc.*`) -> `LxmertForVisualQuestionAnswering`.
-NLVR2 fine-tuned files (`logit_fc` over two concatenated pooled outputs) are refused: transformers has no class for
-that head.
+* fine-tuned NLVR2: `snap/nlvr2/<name>/BEST.pth` as `NLVR2.save` writes it (`lxrt_encoder.model.bert.*` + `logit_fc.*`
+  over the two concatenated pooled outputs) -> `LxmertForVisualReasoning` (`logit_fc` -> `classifier`).
 
 `config`: the original BERT config (`bert_config.json` of "bert-base-uncased"): the number of attention heads is not
 stored in the weights; without it a 768-wide model is taken as bert-base (12 heads), as every released model is.
@@ -29,6 +29,7 @@ from hf_vlp.modeling.lxmert import (
     ORIGINAL_VISUAL_LOSS_NORMALIZER,
     LxmertForPreTraining,
     LxmertForVisualQuestionAnswering,
+    LxmertForVisualReasoning,
 )
 
 from .common import (
@@ -55,6 +56,15 @@ KEY_MAP = KeyMap(
         (r"^logit_fc\.", "answer_head.logit_fc."),
         (r"^bert\.", "lxmert."),
         (r"^(cls|obj_predict_head|answer_head)\.", r"\1."),
+    ],
+)
+
+
+# NLVR2 files: the same encoder, and `logit_fc` classifies the two images' concatenated pooled outputs
+NLVR2_KEY_MAP = KeyMap(
+    renames=[
+        (r"^lxrt_encoder\.model\.(module\.)?bert\.", "lxmert."),
+        (r"^logit_fc\.", "classifier."),
     ],
 )
 
@@ -139,8 +149,8 @@ def config_from_original(mapped: dict, sizes: dict, answers=None, **overrides) -
 
 
 def convert(checkpoint, config=None, answers=None, **options):
-    """Original LXMERT checkpoint -> `LxmertForPreTraining` (pre-training files) or
-    `LxmertForVisualQuestionAnswering` (fine-tuned VQA / GQA files). Other options override config fields."""
+    """Original LXMERT checkpoint -> `LxmertForPreTraining` (pre-training files), `LxmertForVisualQuestionAnswering`
+    (fine-tuned VQA / GQA files) or `LxmertForVisualReasoning` (NLVR2). Other options override config fields."""
     overrides = _config_overrides(options)
     state = _original_state(checkpoint)
     fine_tuned = any(k.startswith("lxrt_encoder.") for k in state)
@@ -151,19 +161,26 @@ def convert(checkpoint, config=None, answers=None, **options):
         )
     if fine_tuned and "logit_fc.3.weight" not in state:
         raise ConversionError(f"{checkpoint}: a fine-tuned LXMERT file without the VQA/GQA answer head logit_fc.*")
-    if fine_tuned and state["logit_fc.0.weight"].shape[1] != state["logit_fc.2.weight"].shape[0] // 2:
+    # VQA's logit_fc starts Linear(H, 2H); NLVR2's Linear(2H, 2H) over the two pooled outputs
+    nlvr2 = fine_tuned and state["logit_fc.0.weight"].shape[1] != state["logit_fc.2.weight"].shape[0] // 2
+    if nlvr2 and state["logit_fc.3.weight"].shape[0] != 2:
         raise ConversionError(
-            f"{checkpoint} looks like an NLVR2 head (logit_fc over two concatenated pooled outputs): transformers has "
-            "no LXMERT class for it"
+            f"{checkpoint}: an NLVR2 head (logit_fc over two pooled outputs) must end in 2 classes, got "
+            f"{state['logit_fc.3.weight'].shape[0]}"
         )
+    if nlvr2 and answers is not None:
+        raise ConversionError("`answers` is a VQA / GQA answer table; an NLVR2 file has the two classes False / True")
     decoder = state.get("cls.predictions.decoder.weight")
     if decoder is not None and not torch.equal(decoder, state["bert.embeddings.word_embeddings.weight"]):
         raise ConversionError("cls.predictions.decoder.weight differs from the word embeddings it is tied to")
 
-    mapped, _ = KEY_MAP.apply(state)
+    mapped, _ = (NLVR2_KEY_MAP if nlvr2 else KEY_MAP).apply(state)
     sizes = {} if config is None else (config if isinstance(config, dict) else read_json(config))
     hf_config = config_from_original(mapped, sizes, answers, **overrides)
-    if fine_tuned:
+    if nlvr2:
+        hf_config.id2label, hf_config.label2id = {0: "False", 1: "True"}, {"False": 0, "True": 1}
+        model = LxmertForVisualReasoning(hf_config)
+    elif fine_tuned:
         model = LxmertForVisualQuestionAnswering(hf_config)
     else:
         model = LxmertForPreTraining(hf_config)

@@ -147,7 +147,7 @@ def test_converter_accepts_prefix_variants(tmp_path):
         assert all(torch.equal(v, reference[k]) for k, v in converted.state_dict().items())
 
 
-def test_converter_rejects_unknown_keys_other_architectures_and_nlvr2(tmp_path):
+def test_converter_rejects_unknown_keys_and_other_architectures(tmp_path):
     folder = fixture_dir("lxmert")
     bert_config, checkpoints = _fixture_files(folder)
     pretraining = next(
@@ -161,28 +161,59 @@ def test_converter_rejects_unknown_keys_other_architectures_and_nlvr2(tmp_path):
     torch.save({"bert.bert.embeddings.word_embeddings.weight": torch.zeros(8, 4)}, tmp_path / "visual_bert.th")
     with pytest.raises(common.ConversionError, match="not an original LXMERT checkpoint"):
         conversion.convert(tmp_path / "visual_bert.th", bert_config)
-    # an NLVR2 fine-tuned file: logit_fc over two concatenated pooled outputs
-    hidden = state["module.bert.embeddings.word_embeddings.weight"].shape[1]
-    nlvr2 = {
-        k.replace("module.bert.", "lxrt_encoder.model.bert."): v
-        for k, v in state.items()
-        if k.startswith("module.bert.")
-    }
-    nlvr2.update(
-        {
-            "logit_fc.0.weight": torch.zeros(2 * hidden, 2 * hidden),
-            "logit_fc.0.bias": torch.zeros(2 * hidden),
-            "logit_fc.2.weight": torch.ones(2 * hidden),
-            "logit_fc.2.bias": torch.zeros(2 * hidden),
-            "logit_fc.3.weight": torch.zeros(2, 2 * hidden),
-            "logit_fc.3.bias": torch.zeros(2),
-        }
-    )
-    torch.save(nlvr2, tmp_path / "nlvr2.pth")
-    with pytest.raises(common.ConversionError, match="NLVR2"):
-        conversion.convert(tmp_path / "nlvr2.pth", bert_config)
     with pytest.raises(common.ConversionError, match="attention heads is not stored"):
         conversion.convert(pretraining)
+
+
+def test_nlvr2_files_convert_and_classify_the_two_pooled_outputs_as_the_original(tmp_path):
+    import torch.nn.functional as F
+
+    folder = fixture_dir("lxmert")
+    bert_config, checkpoints = _fixture_files(folder)
+    pretraining = next(
+        c for c in checkpoints if not any(k.startswith("lxrt_encoder.") for k in torch.load(c, weights_only=True))
+    )
+    state = torch.load(pretraining, map_location="cpu", weights_only=True)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    hidden = state["bert.embeddings.word_embeddings.weight"].shape[1]
+    # NLVR2.save layout: the encoder under lxrt_encoder.model.bert, the classifier as logit_fc.{0,2,3}
+    generator = torch.Generator().manual_seed(0)
+    head = {
+        "logit_fc.0.weight": torch.randn(2 * hidden, 2 * hidden, generator=generator) * 0.1,
+        "logit_fc.0.bias": torch.randn(2 * hidden, generator=generator) * 0.1,
+        "logit_fc.2.weight": 1 + torch.randn(2 * hidden, generator=generator) * 0.1,
+        "logit_fc.2.bias": torch.randn(2 * hidden, generator=generator) * 0.1,
+        "logit_fc.3.weight": torch.randn(2, 2 * hidden, generator=generator) * 0.1,
+        "logit_fc.3.bias": torch.randn(2, generator=generator) * 0.1,
+    }
+    nlvr2 = {f"lxrt_encoder.model.{k}": v for k, v in state.items() if k.startswith("bert.")} | head
+    torch.save(nlvr2, tmp_path / "BEST.pth")
+    model = conversion.convert(tmp_path / "BEST.pth", bert_config)
+    assert type(model).__name__ == "LxmertForVisualReasoning" and model.config.id2label == {0: "False", 1: "True"}
+
+    # the original's forward: each statement with each of its two images, pooled outputs concatenated, logit_fc
+    encoder = conversion.convert(pretraining, bert_config).lxmert
+    config = model.config
+    batch, regions, length = 3, 4, 6
+    input_ids = torch.randint(1, config.vocab_size, (batch, length), generator=generator)
+    feats = torch.randn(batch, 2, regions, config.visual_feat_dim, generator=generator)
+    boxes = torch.rand(batch, 2, regions, 2, generator=generator) * 0.5
+    pos = torch.cat([boxes, boxes + 0.4], dim=-1)
+    with torch.no_grad():
+        pooled = encoder(
+            input_ids=input_ids.repeat_interleave(2, 0), visual_feats=feats.flatten(0, 1), visual_pos=pos.flatten(0, 1)
+        ).pooled_output
+        x = pooled.view(batch, 2 * hidden)
+        x = F.linear(x, head["logit_fc.0.weight"], head["logit_fc.0.bias"])
+        x = x * 0.5 * (1.0 + torch.erf(x / 2**0.5))
+        x = F.layer_norm(x, (2 * hidden,), head["logit_fc.2.weight"], head["logit_fc.2.bias"], eps=1e-12)
+        expected = F.linear(x, head["logit_fc.3.weight"], head["logit_fc.3.bias"])
+        logits = model(input_ids=input_ids, visual_feats=feats, visual_pos=pos).logits
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(common.ConversionError, match="VQA / GQA answer table"):
+        conversion.convert(tmp_path / "BEST.pth", bert_config, answers=["a", "b"])
+    with pytest.raises(ValueError, match=r"`visual_feats` must be \(batch, 2, regions, dim\)"):
+        model(input_ids=input_ids, visual_feats=feats[:, 0], visual_pos=pos[:, 0])
 
 
 def test_answer_table_becomes_id2label(tmp_path):

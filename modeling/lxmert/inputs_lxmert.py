@@ -28,4 +28,7 @@ def example_inputs(config, task, batch_size=2, *, text_length=8, regions=5, seed
         )
     elif task is Task.VQA:
         inputs["labels"] = rand.soft_scores(batch_size, config.num_qa_labels, rng)
+    elif task is Task.NLVR2:  # one statement, two images on dim 1
+        second = rand.regions(batch_size, regions, config.visual_feat_dim, rng)
+        inputs.update(rand.pairs({k: inputs[k] for k in second}, second), labels=rand.classes(batch_size, 2, rng))
     return inputs

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.lxmert import modeling_lxmert as hf
 from transformers.models.lxmert.modeling_lxmert import (  # named in `_no_split_modules`
@@ -34,7 +35,7 @@ from transformers.models.lxmert.modeling_lxmert import (  # named in `_no_split_
 from transformers.models.lxmert.modeling_lxmert import (
     LxmertVisualFeatureEncoder as LxmertVisualFeatureEncoder,
 )
-from transformers.utils import can_return_tuple
+from transformers.utils import ModelOutput, can_return_tuple
 
 from hf_vlp.hub_mixin import HubPushMixin
 from hf_vlp.layers import check_visual_inputs
@@ -374,8 +375,98 @@ class LxmertForVisualQuestionAnswering(_HfVlpLxmertMixin, hf.LxmertForQuestionAn
         return result
 
 
+@dataclass
+class LxmertForVisualReasoningOutput(ModelOutput):
+    """`logits` (B, 2): 1 = the statement is true of the image pair. Hidden states and attentions are those of the
+    2B (statement, image) encodings, ordered example 0 left, example 0 right, example 1 left, ..."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    language_hidden_states: tuple[torch.FloatTensor] | None = None
+    vision_hidden_states: tuple[torch.FloatTensor] | None = None
+    language_attentions: tuple[torch.FloatTensor] | None = None
+    vision_attentions: tuple[torch.FloatTensor] | None = None
+    cross_encoder_attentions: tuple[torch.FloatTensor] | None = None
+
+
+class LxmertForVisualReasoning(_HfVlpLxmertMixin, hf.LxmertPreTrainedModel):
+    """NLVR2 head of the original (`src/tasks/nlvr2_model.py`): the statement is encoded with each image separately,
+    the two pooled outputs are concatenated (left, right) and classified by `classifier` = Linear(2H, 2H), GELU,
+    LayerNorm(eps 1e-12), Linear(2H, 2) (the original's `logit_fc`; transformers has no LXMERT class for it).
+
+    Inputs as every hf_vlp NLVR2 head takes them: text (B, T) once, regions of both images stacked on dim 1
+    (`visual_feats` (B, 2, R, D), `visual_pos` (B, 2, R, 4), `visual_attention_mask` (B, 2, R)). `labels` (B,):
+    1 = true; cross-entropy, -100 ignored.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.lxmert = LxmertModel(config)
+        width = 2 * config.hidden_size
+        self.classifier = nn.Sequential(
+            nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width, eps=1e-12), nn.Linear(width, 2)
+        )
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids=None,
+        visual_feats=None,
+        visual_pos=None,
+        attention_mask=None,
+        visual_attention_mask=None,
+        token_type_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ) -> LxmertForVisualReasoningOutput:
+        if visual_feats is None or visual_feats.dim() != 4 or visual_feats.shape[1] != 2:
+            shape = None if visual_feats is None else tuple(visual_feats.shape)
+            raise ValueError(f"`visual_feats` must be (batch, 2, regions, dim): NLVR2's two images, got {shape}.")
+        batch = visual_feats.shape[0]
+        if visual_pos is None or tuple(visual_pos.shape[:2]) != (batch, 2):
+            shape = None if visual_pos is None else tuple(visual_pos.shape)
+            raise ValueError(f"`visual_pos` must be (batch, 2, regions, 4) like `visual_feats`, got {shape}.")
+        if visual_attention_mask is not None and tuple(visual_attention_mask.shape[:2]) != (batch, 2):
+            raise ValueError(
+                f"`visual_attention_mask` must be (batch, 2, regions), got {tuple(visual_attention_mask.shape)}."
+            )
+
+        def twice(tensor):  # each statement once per image: rows 2i and 2i + 1 belong to example i
+            return None if tensor is None else tensor.repeat_interleave(2, dim=0)
+
+        outputs = self.lxmert(
+            input_ids=twice(input_ids),
+            visual_feats=visual_feats.flatten(0, 1),
+            visual_pos=visual_pos.flatten(0, 1),
+            attention_mask=twice(attention_mask),
+            visual_attention_mask=None if visual_attention_mask is None else visual_attention_mask.flatten(0, 1),
+            token_type_ids=twice(token_type_ids),
+            inputs_embeds=twice(inputs_embeds),
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.classifier(outputs.pooled_output.reshape(-1, 2 * self.config.hidden_size))
+        loss = masked_cross_entropy(logits, labels.view(-1)) if labels is not None else None
+        return LxmertForVisualReasoningOutput(
+            loss=loss,
+            logits=logits,
+            language_hidden_states=outputs.language_hidden_states,
+            vision_hidden_states=outputs.vision_hidden_states,
+            language_attentions=outputs.language_attentions,
+            vision_attentions=outputs.vision_attentions,
+            cross_encoder_attentions=outputs.cross_encoder_attentions,
+        )
+
+
 __all__ = [
     "LORA_TARGET_MODULES",
+    "LxmertForVisualReasoning",
+    "LxmertForVisualReasoningOutput",
     "ORIGINAL_VISUAL_LOSS_NORMALIZER",
     "LxmertForPreTraining",
     "LxmertForPreTrainingOutput",
