@@ -545,6 +545,46 @@ def test_heads_return_loss_and_logits():
     vcr.loss.backward()
 
 
+def test_retrieval_groups_train_with_the_original_circle_loss():
+    from hf_vlp.pretraining.losses import circle_loss
+
+    # circle loss against its definition, term by term in float64
+    positive, negative = torch.tensor([[0.9], [0.4]]), torch.tensor([[0.2, 0.5], [0.6, 0.1]])
+    m, gamma = 0.3, 32.0
+    expected = []
+    for p, negatives in zip(positive.double(), negative.double()):
+        a_p = max(0.0, 1 + m - float(p[0]))
+        sum_p = np.exp(-gamma * a_p * (float(p[0]) - (1 - m)))
+        sum_n = sum(np.exp(gamma * max(0.0, float(n) + m) * (float(n) - m)) for n in negatives)
+        expected.append(np.log(1 + sum_n * sum_p))
+    assert float(circle_loss(positive, negative, m, gamma)) == pytest.approx(np.mean(expected), rel=1e-6)
+
+    # groups of 5: positive, 2 image negatives, 2 caption negatives (the original's split at (G + 1) // 2)
+    torch.manual_seed(0)
+    model = ErnieVilForImageTextRetrieval(tiny_config())
+    batch = tiny_batch(batch=10)
+    output = model(**batch, group_size=5)
+    scores = output.logits.view(2, 5).sigmoid()
+    reference = (
+        circle_loss(scores[:, :1], scores[:, 3:], m, gamma) + circle_loss(scores[:, :1], scores[:, 1:3], m, gamma)
+    ) / 2
+    torch.testing.assert_close(output.loss, reference)
+    output.loss.backward()
+    assert model.pair_scorer.weight.grad.abs().sum() > 0
+    softmax = ErnieVilForImageTextRetrieval(tiny_config(retrieval_loss="softmax"))
+    softmax.load_state_dict(model.state_dict())
+    torch.testing.assert_close(
+        softmax(**batch, group_size=5).loss,
+        F.cross_entropy(output.logits.detach().view(2, 5), torch.zeros(2, dtype=torch.long)),
+    )
+    with pytest.raises(ValueError, match="first row of each group"):
+        model(**batch, group_size=5, labels=torch.tensor([1, 0, 0, 0, 0] * 2))
+    with pytest.raises(ValueError, match="group_size >= 3"):
+        model(**batch, group_size=2)
+    with pytest.raises(ValueError, match="`retrieval_loss` must be 'circle' or 'softmax'"):
+        tiny_config(retrieval_loss="triplet")
+
+
 def test_sdpa_equals_eager_and_auto_round_trip(tmp_path):
     torch.manual_seed(0)
     model = ErnieVilForPreTraining(tiny_config()).eval()

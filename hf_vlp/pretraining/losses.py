@@ -82,7 +82,8 @@ def region_selection_loss(scores: torch.Tensor, labels: torch.Tensor, visual_att
     return loss.sum() / labels.shape[0]
 
 
-def _check_groups(scores: torch.Tensor, group_size) -> torch.Tensor:
+def grouped_scores(scores: torch.Tensor, group_size) -> torch.Tensor:
+    """(B,) scores of rows that come in groups of `group_size` -> (B / group_size, group_size), in fp32."""
     group_size = int(group_size)
     if group_size < 2 or scores.shape[0] % group_size:
         raise ValueError(f"batch size {scores.shape[0]} is not a multiple of group_size={group_size} (>= 2).")
@@ -104,7 +105,7 @@ def pair_loss(scores: torch.Tensor, labels=None, group_size=None, objective: str
         if labels.shape != scores.shape:
             raise ValueError(f"`labels` must have shape {tuple(scores.shape)}, got {tuple(labels.shape)}.")
         return F.binary_cross_entropy_with_logits(scores.float(), labels.float())
-    grouped = _check_groups(scores, group_size)
+    grouped = grouped_scores(scores, group_size)
     if labels is None:
         positive = torch.zeros(grouped.shape[0], dtype=torch.long, device=grouped.device)
     else:
@@ -121,6 +122,26 @@ def pair_loss(scores: torch.Tensor, labels=None, group_size=None, objective: str
         hinge = (margin + probs - positive_probs).clamp(min=0)
         return hinge[is_negative].mean()
     raise ValueError(f"`objective` must be 'softmax' or 'hinge', got {objective!r}")
+
+
+def circle_loss(positive_scores: torch.Tensor, negative_scores: torch.Tensor, margin: float, scale: float):
+    """Circle loss (Sun et al., CVPR 2020) of similarity scores in [0, 1], as ERNIE-ViL's retrieval fine-tuning
+    uses it: per example, log(1 + sum_n exp(scale * a_n * (s_n - margin)) * sum_p exp(-scale * a_p * (s_p - 1 + margin)))
+    with the self-paced weights a_p = relu(1 + margin - s_p), a_n = relu(s_n + margin) held constant (no gradient),
+    averaged over the batch. `positive_scores` (B, P), `negative_scores` (B, K). Computed in float64 as the original,
+    through log-sum-exp (the same value without overflowing exp)."""
+    if positive_scores.dim() != 2 or negative_scores.dim() != 2 or positive_scores.shape[0] != negative_scores.shape[0]:
+        raise ValueError(
+            f"circle_loss takes (batch, P) positive and (batch, K) negative scores, got "
+            f"{tuple(positive_scores.shape)} and {tuple(negative_scores.shape)}"
+        )
+    positive, negative = positive_scores.double(), negative_scores.double()
+    weight_p = (1 + margin - positive).clamp(min=0).detach()
+    weight_n = (negative + margin).clamp(min=0).detach()
+    logit_p = -scale * weight_p * (positive - (1 - margin))
+    logit_n = scale * weight_n * (negative - margin)
+    per_example = F.softplus(torch.logsumexp(logit_n, dim=1) + torch.logsumexp(logit_p, dim=1))
+    return per_example.mean().to(positive_scores.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------

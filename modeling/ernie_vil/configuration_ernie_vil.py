@@ -50,6 +50,9 @@ class ErnieVilConfig(PreTrainedConfig):
         num_labels: VQA answers (3129); vqa_hidden_size: hidden width of the VQA head (`classifier_hid_size` of
             the original task config).
         mlm_weight, object_weight, attribute_weight, relation_weight, mrc_weight, itm_weight: pretraining loss weights.
+        retrieval_loss, circle_margin, circle_scale: the loss of `ErnieVilForImageTextRetrieval` over groups of rows
+            (`group_size`): "circle", the original's circle loss on sigmoid scores (`conf/flickr/model_conf_flickr`:
+            margin 0.3, scale 32), or "softmax", cross-entropy over each group (ViLBERT's).
     """
 
     model_type = "ernie_vil"
@@ -104,6 +107,9 @@ class ErnieVilConfig(PreTrainedConfig):
     relation_weight: float | int = 1.0
     mrc_weight: float | int = 1.0
     itm_weight: float | int = 1.0
+    retrieval_loss: str = "circle"
+    circle_margin: float | int = 0.3
+    circle_scale: float | int = 32.0
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
@@ -136,6 +142,13 @@ class ErnieVilConfig(PreTrainedConfig):
                     f"`{name}`={value} but the connection schedule implies {ids[-1] + 1} layers (ERNIE-ViL runs layer "
                     f"{ids[-1]} once after the last co-attention block)"
                 )
+        if self.retrieval_loss not in ("circle", "softmax"):
+            raise ValueError(f"`retrieval_loss` must be 'circle' or 'softmax', got {self.retrieval_loss!r}")
+        if not 0 <= self.circle_margin < 1 or not self.circle_scale > 0:
+            raise ValueError(
+                f"`circle_margin` must be in [0, 1) and `circle_scale` positive, got {self.circle_margin!r} and "
+                f"{self.circle_scale!r}"
+            )
         if self.fusion_method not in ("mul", "sum"):
             raise ValueError(f"`fusion_method` must be 'mul' or 'sum', got {self.fusion_method!r}")
         for name, size, heads in (

@@ -31,7 +31,7 @@ from hf_vlp.modeling.vilbert.modeling_vilbert import (
     VilbertRegionHead,
     stream_outputs,
 )
-from hf_vlp.pretraining.losses import masked_cross_entropy, region_kl_loss
+from hf_vlp.pretraining.losses import circle_loss, grouped_scores, masked_cross_entropy, region_kl_loss
 
 from .configuration_ernie_vil import ErnieVilConfig
 
@@ -228,10 +228,35 @@ class ErnieVilForVisualQuestionAnswering(ErnieVilPreTrainedModel, VilbertForVisu
 
 class ErnieVilForImageTextRetrieval(ErnieVilPreTrainedModel, VilbertForImageTextRetrieval):
     """Flickr30k retrieval (`create_flickr_model`): Linear(co_hidden, 1) (`match_fc`) on the fused pooled vector.
-    Training as `VilbertForImageTextRetrieval` (BCE on 1/0 labels or cross-entropy over groups); the original's
-    circle loss over caption / image negatives is not reproduced."""
+
+    Training: `labels` (B,) 1/0 -> BCE. With `group_size=G`, rows come in the original's groups: the matching pair
+    first, then image negatives, then caption negatives (the first `(G + 1) // 2 - 1` negatives are images, as the
+    original splits them); with `config.retrieval_loss="circle"` (default) the loss is the original's mean of the
+    circle losses of the positive against the caption negatives and against the image negatives, on sigmoid scores
+    (`config.circle_margin` 0.3, `config.circle_scale` 32); with "softmax", cross-entropy over each group."""
 
     backbone_class = ErnieVilModel
+
+    def compute_loss(self, logits, labels, inputs, group_size=None):
+        if group_size is None or self.config.retrieval_loss != "circle":
+            return super().compute_loss(logits, labels, inputs, group_size=group_size)
+        if labels is not None:
+            raise ValueError(
+                "with retrieval_loss='circle' the positive is the first row of each group (the original's layout): "
+                "pass `group_size` without `labels`"
+            )
+        scores = grouped_scores(logits, group_size).sigmoid()
+        split = (int(group_size) + 1) // 2  # columns 1 .. split-1: image negatives; split ..: caption negatives
+        if split < 2 or split >= group_size:
+            raise ValueError(
+                f"group_size={group_size} leaves no image or no caption negative: the circle loss needs the positive, "
+                "at least one image negative and at least one caption negative per group (group_size >= 3)"
+            )
+        positive = scores[:, :1]
+        margin, scale = self.config.circle_margin, self.config.circle_scale
+        caption_loss = circle_loss(positive, scores[:, split:], margin, scale)
+        image_loss = circle_loss(positive, scores[:, 1:split], margin, scale)
+        return (caption_loss + image_loss) / 2
 
 
 class ErnieVilForReferringExpression(ErnieVilPreTrainedModel, VilbertForReferringExpression):
