@@ -4,7 +4,10 @@ Accepted files: the pretraining checkpoints (`uniter-{base,large}.pt`, `villa-*.
 heads), BERT-initialised `*-init.pt`, and fine-tuned `ckpt/model_step_N.pt` of VQA, SNLI-VE, NLVR2 (paired,
 triplet, paired-attn), retrieval and RefCOCO runs. The head is read from the keys; sizes from the original config
 JSON and the tensor shapes. A fine-tuning run directory can be given as `--checkpoint` (its `log/model.json`,
-`log/hps.json` and `ckpt/ans2label.json` are used). VCR second-stage checkpoints are refused (no VCR head yet).
+`log/hps.json` and `ckpt/ans2label.json` are used). VCR fine-tuned checkpoints (`vcr_output.*`, 4 token types,
+word embeddings extended by the VCR special tokens) -> `UniterForVisualCommonsenseReasoning`; the second-stage VCR
+pretraining checkpoints (`UniterForPretrainingForVCR`: the pretraining heads on the extended embeddings) ->
+`UniterForPreTraining`, sizes read from the tensors.
 
 Input mapping (original batch -> hf_vlp): `input_ids` as is; `attention_mask` = text part of `attn_masks`;
 `img_feat` -> `visual_feats`; `img_pos_feat[..., :4]` -> `visual_pos`; the stored 7-d `img_pos_feat` may be passed
@@ -23,6 +26,7 @@ from hf_vlp.modeling.uniter import (
     UniterForImageTextRetrieval,
     UniterForPreTraining,
     UniterForReferringExpression,
+    UniterForVisualCommonsenseReasoning,
     UniterForVisualEntailment,
     UniterForVisualQuestionAnswering,
     UniterForVisualReasoning,
@@ -50,6 +54,7 @@ KEY_MAP = KeyMap(
         (r"^nlvr2_output\.", "classifier."),
         (r"^(attn1|attn2|fc|attn_pool)\.", r"\1."),
         (r"^re_output\.", "region_scorer."),
+        (r"^vcr_output\.", "vcr_output."),
     ],
     drops=[
         (r"^cls\.predictions\.decoder\.weight$", "tied copy of uniter.embeddings.word_embeddings.weight"),
@@ -67,6 +72,7 @@ HEADS = [
     ("re_output.weight", UniterForReferringExpression),
     ("re_output.0.weight", UniterForReferringExpression),
     ("vqa_output.3.weight", UniterForVisualQuestionAnswering),
+    ("vcr_output.3.weight", UniterForVisualCommonsenseReasoning),
 ]
 
 
@@ -128,8 +134,11 @@ def config_from_original(
 
 
 def model_class_for(state: dict, config: UniterConfig):
-    if "vcr_output.3.weight" in state:
-        raise ConversionError("VCR checkpoints (vcr_output.*) are not supported yet: hf_vlp has no UNITER VCR head")
+    if "vcr_output.3.weight" in state and config.type_vocab_size < 4:
+        raise ConversionError(
+            f"a VCR checkpoint has 4 token types (question, region, answer, rationale); this one has "
+            f"{config.type_vocab_size}"
+        )
     for key, cls in HEADS:
         if key in state:
             if cls is UniterForVisualQuestionAnswering and config.num_labels == 3:

@@ -14,6 +14,7 @@ from hf_vlp.modeling.uniter import (
     UniterForImageTextRetrieval,
     UniterForPreTraining,
     UniterForReferringExpression,
+    UniterForVisualCommonsenseReasoning,
     UniterForVisualEntailment,
     UniterForVisualQuestionAnswering,
     UniterForVisualReasoning,
@@ -149,6 +150,51 @@ def test_fine_tuned_heads_convert_from_their_original_key_layouts(tmp_path):
                 new_key = uniter_conversion.KEY_MAP.apply({key: value})[0]
                 assert torch.equal(converted[next(iter(new_key))], value), (name, key)
     assert uniter_conversion.convert(tmp_path / "nlvr2_triplet.pt", config).config.nlvr2_head == "triplet"
+
+
+def test_vcr_checkpoints_convert_and_score_each_choice_as_the_original(tmp_path):
+    import torch.nn.functional as F
+
+    folder = fixture_dir("uniter")
+    config, checkpoints = _checkpoints(folder)
+    state = torch.load(checkpoints[0], map_location="cpu", weights_only=True)
+    backbone = {k: v for k, v in state.items() if k.startswith("uniter.")}
+    hidden = backbone["uniter.embeddings.word_embeddings.weight"].shape[1]
+    # model/vcr.py: init_type_embedding (types 2 and 3 start as type 0) and init_word_embedding (+ special tokens)
+    types = backbone["uniter.embeddings.token_type_embeddings.weight"]
+    words = backbone["uniter.embeddings.word_embeddings.weight"]
+    backbone["uniter.embeddings.token_type_embeddings.weight"] = torch.cat([types[:2], types[:1], types[:1]])
+    backbone["uniter.embeddings.word_embeddings.weight"] = torch.cat([words, torch.randn(3, hidden) * 0.02])
+    head = _mlp("vcr_output", hidden, 2 * hidden, 2)
+    torch.save({**backbone, **head}, tmp_path / "vcr.pt")
+    model = uniter_conversion.convert(tmp_path / "vcr.pt", config)
+    assert type(model) is UniterForVisualCommonsenseReasoning
+    assert model.config.type_vocab_size == 4 and model.config.vocab_size == words.shape[0] + 3
+
+    generator = torch.Generator().manual_seed(0)
+    batch, choices, length, regions = 2, 4, 7, 3
+    input_ids = torch.randint(5, model.config.vocab_size, (batch, choices, length), generator=generator)
+    token_types = torch.zeros_like(input_ids)
+    token_types[..., 4:] = 2  # question 0, answer 2
+    corners = torch.rand(batch, regions, 2, generator=generator) * 0.5
+    visual = dict(
+        visual_feats=torch.rand(batch, regions, model.config.visual_feat_dim, generator=generator),
+        visual_pos=torch.cat([corners, corners + 0.4], dim=-1),
+    )
+    labels = torch.tensor([2, 0])
+    with torch.no_grad():
+        output = model(input_ids=input_ids, token_type_ids=token_types, **visual, labels=labels)
+        # the original: one row per (question, choice), vcr_output = Linear, ReLU, LayerNorm(1e-12), Linear
+        rows = {k: v[:, None].expand(-1, choices, *v.shape[1:]).flatten(0, 1) for k, v in visual.items()}
+        pooled = model.uniter(input_ids=input_ids.flatten(0, 1), token_type_ids=token_types.flatten(0, 1), **rows)
+        x = F.relu(F.linear(pooled.pooler_output, head["vcr_output.0.weight"], head["vcr_output.0.bias"]))
+        x = F.layer_norm(x, (2 * hidden,), head["vcr_output.2.weight"], head["vcr_output.2.bias"], eps=1e-12)
+        rank_scores = F.linear(x, head["vcr_output.3.weight"], head["vcr_output.3.bias"])
+        targets = F.one_hot(labels, choices).flatten()
+    torch.testing.assert_close(output.logits, rank_scores[:, 1].view(batch, choices))
+    torch.testing.assert_close(output.loss, F.cross_entropy(rank_scores, targets))
+    with pytest.raises(ValueError, match=r"\(batch, num_choices, seq_len\)"):
+        model(input_ids=input_ids[:, 0], **visual)
 
 
 def _mlp(prefix, hidden, inner, out):

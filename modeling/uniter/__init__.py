@@ -36,6 +36,12 @@ SPECS = (
             Task.NLVR2: Head(".modeling_uniter.UniterForVisualReasoning", config_overrides={"type_vocab_size": 3}),
             Task.RETRIEVAL: Head(".modeling_uniter.UniterForImageTextRetrieval"),
             Task.REFEXP: Head(".modeling_uniter.UniterForReferringExpression"),
+            # token types: question 0, regions 1, answer 2, rationale 3
+            Task.VCR: Head(
+                ".modeling_uniter.UniterForVisualCommonsenseReasoning",
+                auto_classes=("AutoModelForMultipleChoice",),
+                config_overrides={"type_vocab_size": 4},
+            ),
         },
         inputs=InputKind.REGIONS,
         processor=".processing_uniter.UniterProcessor",
@@ -62,6 +68,7 @@ _EXPORTS = {
         "UniterForImageTextRetrieval",
         "UniterForPreTraining",
         "UniterForReferringExpression",
+        "UniterForVisualCommonsenseReasoning",
         "UniterForVisualEntailment",
         "UniterForVisualQuestionAnswering",
         "UniterForVisualReasoning",

@@ -664,8 +664,61 @@ class UniterForReferringExpression(UniterTaskModel):
         return masked_cross_entropy(logits, labels)
 
 
+class UniterForVisualCommonsenseReasoning(UniterTaskModel):
+    """VCR (`model/vcr.py`): every (question, choice) pair is one row, `vcr_output` = Linear(H, 2H), ReLU,
+    LayerNorm(eps 1e-12), Linear(2H, 2) on its pooled output. `logits` (B, C): the choices' "right" scores (column 1,
+    as the original ranks them). `labels` (B,): index of the right choice; the loss is the original's: 2-way
+    cross-entropy of every row (1 for the right choice, 0 for the others), averaged over rows.
+
+    Inputs: text per choice (B, C, T) — the original's token types are 0 question, 2 answer, 3 rationale (regions
+    take 1), so `type_vocab_size` is 4 — and regions shared by the choices (B, R, ...) or per choice (B, C, R, ...).
+    """
+
+    def build_head(self, config):
+        hidden = config.hidden_size
+        self.vcr_output = nn.Sequential(
+            nn.Linear(hidden, 2 * hidden), nn.ReLU(), nn.LayerNorm(2 * hidden, eps=1e-12), nn.Linear(2 * hidden, 2)
+        )
+
+    def _task_forward(self, inputs, labels, **loss_kwargs):
+        text = inputs["input_ids"] if inputs["input_ids"] is not None else inputs["inputs_embeds"]
+        expected = 3 if inputs["input_ids"] is not None else 4
+        if text is None or text.dim() != expected:
+            shape = None if text is None else tuple(text.shape)
+            raise ValueError(f"`input_ids` must be (batch, num_choices, seq_len) for VCR, got {shape}.")
+        batch, choices = text.shape[:2]
+        flat = {}
+        for name, value in inputs.items():
+            if not torch.is_tensor(value):
+                flat[name] = value
+                continue
+            shared = name.startswith("visual_") and value.dim() == (3 if name != "visual_attention_mask" else 2)
+            if shared:  # the same image for every choice
+                value = value[:, None].expand(-1, choices, *value.shape[1:])
+            if value.shape[:2] != (batch, choices):
+                raise ValueError(
+                    f"`{name}` must be (batch, num_choices, ...) = ({batch}, {choices}, ...) or shared by the "
+                    f"choices, got {tuple(value.shape)}."
+                )
+            flat[name] = value.flatten(0, 1)
+        outputs = self.uniter(**flat)
+        pair_scores = self.vcr_output(outputs.pooler_output)  # (B * C, 2): wrong / right
+        logits = pair_scores[:, 1].view(batch, choices)
+        loss = None
+        if labels is not None:
+            if labels.shape != (batch,):
+                raise ValueError(f"`labels` must be (batch,) = ({batch},) choice indices, got {tuple(labels.shape)}.")
+            valid = labels != -100
+            rows = F.one_hot(labels.clamp(min=0), choices).masked_fill(~valid[:, None], -100)
+            loss = masked_cross_entropy(pair_scores, rows.flatten())
+        return UniterTaskOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
 __all__ = [
     "UniterForImageTextRetrieval",
+    "UniterForVisualCommonsenseReasoning",
     "UniterForPreTraining",
     "UniterForReferringExpression",
     "UniterForVisualEntailment",
