@@ -10,7 +10,10 @@ Accepted files: the `.pth` files the original scripts save, `{"model": state_dic
       -> `BlipForImageTextRetrieval` (momentum copies and queues dropped unless `momentum=True`).
 The layout is read from the keys. `task=` converts into another head the way the original loaders do (e.g. a
 pretraining file into a captioner: `blip_decoder(pretrained=model_base.pth)`), dropping the parts that head lacks.
-NLVR2 checkpoints (`BLIP_NLVR`, a text encoder with two cross-attentions) have no transformers class and are refused.
+  * NLVR2 (`model_base_nlvr.pth`; `BLIP_NLVR`: a text encoder whose cross-attentions attend to each image separately,
+      `crossattention.self0/self1`, `output.dense0/dense1`, `merge_layer` from layer 6, and `cls_head`)
+      -> `BlipForVisualReasoning`. `task="nlvr2"` from a pretraining file does what `blip_nlvr(pretrained=...)`
+      does: both twins start as copies of the pretrained cross-attention, `merge_layer` and `cls_head` fresh.
 
 Sizes come from the tensor shapes; attention heads (not in the shapes) from `config` = the original med/BERT config
 JSON (`configs/med_config.json`, `configs/bert_config.json`), else hidden/64 (BERT-base, ViT-B: 12, ViT-L: 16).
@@ -32,6 +35,7 @@ from hf_vlp.modeling.blip import (
     BlipForImageTextRetrieval,
     BlipForPreTraining,
     BlipForQuestionAnswering,
+    BlipForVisualReasoning,
     blip_config,
     pretraining_setting,
     with_first_token,
@@ -49,6 +53,7 @@ TASKS = {
     "vqa": BlipForQuestionAnswering,
     "captioning": BlipForConditionalGeneration,
     "retrieval": BlipForImageTextRetrieval,
+    "nlvr2": BlipForVisualReasoning,
 }
 
 # BLIP_Pretrain.forward tokenizes captions with padding='max_length', max_length=30
@@ -60,6 +65,7 @@ PARTS = {
     "text_encoder": r"^text_encoder\.",
     "text_decoder": r"^text_decoder\.",
     "itc_itm": r"^(vision_proj|text_proj|itm_head)\.|^temp$",
+    "nlvr2_head": r"^cls_head\.",
     "momentum": r"^(visual_encoder_m|vision_proj_m|text_encoder_m|text_proj_m)\.|^(image_queue|text_queue|idx_queue|queue_ptr|ptr_queue)$",
 }
 KEEPS = {
@@ -67,6 +73,7 @@ KEEPS = {
     "vqa": {"vision", "text_encoder", "text_decoder"},
     "captioning": {"vision", "text_decoder"},
     "retrieval": {"vision", "text_encoder", "itc_itm"},
+    "nlvr2": {"vision", "text_encoder", "nlvr2_head"},
 }
 DROP_REASONS = {
     "vision": "the target head has no vision encoder",
@@ -74,6 +81,7 @@ DROP_REASONS = {
     "text_decoder": "the target head has no text decoder (retrieval / ITM)",
     "itc_itm": "ITC projections, ITM head and temperature are only used by pretraining and retrieval",
     "momentum": "momentum encoders and feature queues are only used for training with momentum distillation",
+    "nlvr2_head": "the NLVR2 classifier belongs to BlipForVisualReasoning only",
 }
 
 VISION_RENAMES = [
@@ -99,6 +107,7 @@ def _renames():
         (r"^(text_encoder|text_encoder_m)\.(embeddings|encoder\.layer\.\d+)\.", r"\1.\2."),
         (r"^text_decoder\.(bert\.embeddings|bert\.encoder\.layer\.\d+|cls\.predictions)\.", r"text_decoder.\1."),
         (r"^(vision_proj|text_proj|itm_head|vision_proj_m|text_proj_m)\.(weight|bias)$", r"\1.\2"),
+        (r"^cls_head\.(\d+)\.(weight|bias)$", r"cls_head.\1.\2"),
         (r"^(temp|image_queue|text_queue|idx_queue|queue_ptr)$", r"\1"),
         (r"^ptr_queue$", "queue_ptr"),  # BLIP_Retrieval's name for the queue pointer
     ]
@@ -146,7 +155,7 @@ def detect_task(state: dict) -> str:
             f"(first keys: {list(state)[:5]})"
         )
     if any(k.startswith("cls_head.") for k in state):
-        raise ConversionError("BLIP NLVR2 checkpoints (BLIP_NLVR: cls_head, two cross-attentions) are not supported")
+        return "nlvr2"
     has = lambda prefix: any(k.startswith(prefix) for k in state)  # noqa: E731
     if has("text_decoder.") and has("vision_proj."):
         return "pretraining"
@@ -157,6 +166,23 @@ def detect_task(state: dict) -> str:
     if has("itm_head.") and has("text_encoder."):
         return "retrieval"
     raise ConversionError("BLIP checkpoint with a vision encoder but neither a text decoder nor an ITM head")
+
+
+def twin_cross_attention(state: dict) -> dict:
+    """A pretraining state as `blip_nlvr`'s loader makes it: every text-encoder cross-attention duplicated into the
+    two twins (`self` -> `self0`, `self1`; `output.dense` -> `dense0`, `dense1`). `merge_layer` and `cls_head` stay
+    missing (freshly initialised, as the original); the decoder and ITC / ITM parts are dropped by the key map."""
+    twinned = {}
+    for key, value in state.items():
+        if key.startswith("text_encoder.") and ".crossattention.self." in key:
+            twinned[key.replace(".self.", ".self0.")] = value
+            twinned[key.replace(".self.", ".self1.")] = value.clone()
+        elif key.startswith("text_encoder.") and ".crossattention.output.dense." in key:
+            twinned[key.replace(".dense.", ".dense0.")] = value
+            twinned[key.replace(".dense.", ".dense1.")] = value.clone()
+        else:
+            twinned[key] = value
+    return twinned
 
 
 def _heads(width, given, what):
@@ -250,6 +276,8 @@ def _load_into(model_class, config, mapped):
             mapped[key] = resize_position_embedding(mapped[key], model.vision_model.embeddings.num_patches)
     _check_ties(model, mapped)
     allow_missing = ()
+    if model_class is BlipForVisualReasoning and "cls_head.0.weight" not in mapped:  # from a pretraining file
+        allow_missing = (r"^cls_head\.", r"\.crossattention\.output\.merge_layer\.")
     if model_class is BlipForPreTraining or model_class is BlipForImageTextRetrieval:
         # BLIP_Pretrain has no idx_queue (nothing to match by image id): the fresh one says "no id" (-100)
         allow_missing = (
@@ -282,10 +310,18 @@ def convert(checkpoint, config=None, task=None, image_size=None, momentum=None, 
         "vqa": ("text_encoder.", "text_decoder."),
         "captioning": ("text_decoder.",),
         "retrieval": ("text_encoder.", "itm_head."),
+        "nlvr2": ("text_encoder.",),
     }[task]
     missing = [p for p in needed if not any(k.startswith(p) for k in state)]
     if missing:
         raise ConversionError(f"a {detected} checkpoint cannot become a {task} model: it has no {missing} weights")
+    if (detected == "nlvr2") != (task == "nlvr2") and not (task == "nlvr2" and detected == "pretraining"):
+        raise ConversionError(
+            f"a {detected} checkpoint cannot become a {task} model: NLVR2's text encoder has two cross-attentions "
+            "per layer (convert an NLVR2 file as nlvr2, or a pretraining file into nlvr2)"
+        )
+    if task == "nlvr2" and detected != "nlvr2":
+        state = twin_cross_attention(state)
     if config is None and run_config.get("_fixture_med_config"):
         candidate = Path(checkpoint).parent / run_config["_fixture_med_config"]
         config = candidate if candidate.exists() else None
@@ -293,6 +329,10 @@ def convert(checkpoint, config=None, task=None, image_size=None, momentum=None, 
     if task == "retrieval" and momentum and "visual_encoder_m.cls_token" not in state:
         raise ConversionError("momentum=True needs a checkpoint with momentum encoders (visual_encoder_m.*)")
     hf_config = config_from_original(state, run_config, med_config, image_size, momentum, task)
+    if task == "nlvr2":
+        merged = [int(k.split(".")[3]) for k in state if ".crossattention.output.merge_layer.weight" in k]
+        # BLIP_NLVR merges from layer 6 on (`layer_num >= 6`); a file converted from pretraining has no merge layers
+        hf_config.nlvr2_merge_from_layer = min(merged) if merged else 6
     keys = key_map(task)
     if task == "retrieval" and hf_config.use_momentum_distillation:
         keys = KeyMap(renames=keys.renames, drops=[d for d in keys.drops if d[0] != PARTS["momentum"]])

@@ -431,7 +431,7 @@ def test_converter_rejects_other_architectures(tmp_path):
         "cls_head.0.weight": torch.zeros(8, 8),
     }
     torch.save({"model": nlvr}, path)
-    with pytest.raises(ConversionError, match="NLVR2"):
+    with pytest.raises(ConversionError, match="a nlvr2 checkpoint cannot become a nlvr2 model: it has no"):
         blip_conversion.convert(path)
 
 
@@ -446,7 +446,84 @@ def test_converter_errors_on_unknown_keys_and_impossible_tasks(tmp_path):
     with pytest.raises(ConversionError, match="neither mapped nor deliberately dropped"):
         blip_conversion.convert(path, directory / "med_config.json")
     with pytest.raises(ValueError, match="task"):
-        blip_conversion.convert(directory / "blip_tiny_vqa.pth", task="nlvr2")
+        blip_conversion.convert(directory / "blip_tiny_vqa.pth", task="classification")
+    with pytest.raises(ConversionError, match="cannot become a nlvr2 model"):
+        blip_conversion.convert(directory / "blip_tiny_vqa.pth", directory / "med_config.json", task="nlvr2")
+
+
+def test_nlvr2_twin_cross_attention_from_pretraining_and_nlvr2_files(tmp_path):
+    import torch.nn.functional as F
+
+    directory = fixture_dir("blip")
+    pretraining = directory / "blip_tiny_pretrain.pth"
+    med = directory / "med_config.json"
+    # blip_nlvr(pretrained=...): both twins start as the pretrained cross-attention
+    nlvr = blip_conversion.convert(pretraining, med, task="nlvr2")
+    retrieval = blip_conversion.convert(pretraining, med, task="retrieval")  # verified against the fixture
+    layer = nlvr.text_encoder.encoder.layer[0].crossattention
+    single = retrieval.text_encoder.encoder.layer[0].crossattention
+    assert torch.equal(layer.self0.query.weight, single.self.query.weight)
+    assert torch.equal(layer.self1.value.weight, single.self.value.weight)
+    assert torch.equal(layer.output.dense1.weight, single.output.dense.weight)
+
+    config = nlvr.config.vision_config
+    generator = torch.Generator().manual_seed(0)
+    left, right = (torch.randn(2, 3, config.image_size, config.image_size, generator=generator) for _ in range(2))
+    input_ids = torch.randint(3, 50, (2, 6), generator=generator)
+    with torch.no_grad():
+        # the same image twice: averaging two equal twins is the single cross-attention of the verified encoder
+        same = nlvr(pixel_values=torch.stack([left, left], 1), input_ids=input_ids, output_hidden_states=True)
+        enc_ids = input_ids.clone()
+        enc_ids[:, 0] = nlvr.config.enc_token_id
+        images = retrieval.vision_model(left).last_hidden_state
+        fused = retrieval.text_encoder(input_ids=enc_ids, encoder_hidden_states=images).last_hidden_state
+    torch.testing.assert_close(same.hidden_states[-1], fused, atol=1e-5, rtol=1e-5)
+
+    # an NLVR2 file (BLIP_NLVR layout) whose layer 1 merges: merge_layer = [I/2, I/2] is the average again,
+    # and self0/dense0 read the left image: swapping the twins and the images gives the same logits
+    state, run_config = blip_conversion.load_original(pretraining)
+    state = blip_conversion.twin_cross_attention(state)
+    hidden = state["text_encoder.embeddings.word_embeddings.weight"].shape[1]
+    layers = 1 + max(int(k.split(".")[3]) for k in state if k.startswith("text_encoder.encoder.layer."))
+    eye = torch.eye(hidden)
+    for index in range(layers):
+        if index >= 1:
+            state[f"text_encoder.encoder.layer.{index}.crossattention.output.merge_layer.weight"] = (
+                torch.cat([eye, eye], 1) / 2
+            )
+            state[f"text_encoder.encoder.layer.{index}.crossattention.output.merge_layer.bias"] = torch.zeros(hidden)
+    head = {
+        "cls_head.0.weight": torch.randn(hidden, hidden, generator=generator) * 0.1,
+        "cls_head.0.bias": torch.randn(hidden, generator=generator) * 0.1,
+        "cls_head.2.weight": torch.randn(2, hidden, generator=generator) * 0.1,
+        "cls_head.2.bias": torch.randn(2, generator=generator) * 0.1,
+    }
+    state = {k: v for k, v in state.items() if k.startswith(("visual_encoder.", "text_encoder."))} | head
+    torch.save({"model": state, "config": run_config}, tmp_path / "model_base_nlvr.pth")
+    model = blip_conversion.convert(tmp_path / "model_base_nlvr.pth", med)
+    assert type(model).__name__ == "BlipForVisualReasoning"
+    assert model.config.nlvr2_merge_from_layer == (1 if layers > 1 else 6)
+    with torch.no_grad():
+        output = model(pixel_values=torch.stack([left, left], 1), input_ids=input_ids, labels=torch.tensor([1, 0]))
+        state_0 = same.hidden_states[-1][:, 0]
+        expected = F.linear(
+            F.relu(F.linear(state_0, head["cls_head.0.weight"], head["cls_head.0.bias"])),
+            head["cls_head.2.weight"],
+            head["cls_head.2.bias"],
+        )
+        torch.testing.assert_close(output.logits, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(output.loss, F.cross_entropy(expected, torch.tensor([1, 0])), atol=1e-5, rtol=1e-5)
+        for twin in model.text_encoder.encoder.layer:
+            twin.crossattention.self0.query.weight.add_(torch.randn_like(twin.crossattention.self0.query.weight))
+        pair = model(pixel_values=torch.stack([left, right], 1), input_ids=input_ids).logits
+        for twin in model.text_encoder.encoder.layer:
+            attention = twin.crossattention
+            attention.self0, attention.self1 = attention.self1, attention.self0
+            attention.output.dense0, attention.output.dense1 = attention.output.dense1, attention.output.dense0
+        swapped = model(pixel_values=torch.stack([right, left], 1), input_ids=input_ids).logits
+    torch.testing.assert_close(pair, swapped, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"`pixel_values` must be \(batch, 2, 3, height, width\)"):
+        model(pixel_values=left, input_ids=input_ids)
 
 
 # ----------------------------------------------------------------------------------------------------------------

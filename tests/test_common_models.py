@@ -455,6 +455,7 @@ OUTPUT_FIELDS = {
     ("blip", "vqa"): BLIP_FIELDS,
     ("blip", "retrieval"): SINGLE_STREAM,  # the ViT's layers (transformers' output)
     ("blip", "captioning"): SINGLE_STREAM,
+    ("blip", "nlvr2"): SINGLE_STREAM,  # the text encoder's layers
 }
 
 

@@ -1,6 +1,8 @@
 """Random BLIP inputs for every head (`ArchitectureSpec.example_inputs`; `hf-vlp bench`, tests). `regions` is
 unused: BLIP reads pixels."""
 
+import torch
+
 from hf_vlp import random_inputs as rand
 from hf_vlp.spec import Task
 
@@ -24,4 +26,8 @@ def example_inputs(config, task, batch_size=2, *, text_length=8, regions=5, seed
         inputs["labels"] = input_ids.masked_fill(attention_mask == 0, -100)
     elif task is Task.RETRIEVAL:
         inputs["return_loss"] = True  # the ITC + ITM fine-tuning losses
+    elif task is Task.NLVR2:  # one statement, two images on dim 1
+        second = rand.pixels(batch_size, config.vision_config.image_size, rng)
+        inputs["pixel_values"] = torch.stack([inputs["pixel_values"], second], dim=1)
+        inputs["labels"] = rand.classes(batch_size, 2, rng)
     return inputs

@@ -954,3 +954,123 @@ class BlipForImageTextRetrieval(BlipInputGradientsMixin, BlipContrastiveMixin, h
             scores_i2t=rerank(similarity, image_major=True),
             scores_t2i=rerank(similarity.T, image_major=False),
         )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# NLVR2
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class BlipTwinSelfOutput(nn.Module):
+    """The output of NLVR2's twin cross-attention (`models/nlvr_encoder.py`): each image's context through its own
+    projection (`dense0`, `dense1`), then averaged, or mixed by `merge_layer` (Linear(2H, H)) in the layers the original
+    merges; dropout, residual, LayerNorm."""
+
+    def __init__(self, config, merge: bool):
+        super().__init__()
+        self.dense0 = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense1 = nn.Linear(config.hidden_size, config.hidden_size)
+        self.merge_layer = nn.Linear(2 * config.hidden_size, config.hidden_size) if merge else None
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, context0, context1, input_tensor):
+        context0, context1 = self.dense0(context0), self.dense1(context1)
+        if self.merge_layer is not None:
+            hidden_states = self.merge_layer(torch.cat([context0, context1], dim=-1))
+        else:
+            hidden_states = (context0 + context1) / 2
+        return self.LayerNorm(self.dropout(hidden_states) + input_tensor)
+
+
+class BlipTwinCrossAttention(nn.Module):
+    """NLVR2's cross-attention: the text attends to each image with its own attention (`self0`, `self1`). It takes
+    the place of `BlipTextLayer.crossattention`; the two images come concatenated on the sequence axis
+    (batch, 2 * patches, width) and are split in halves here, so transformers' text layers run unchanged."""
+
+    def __init__(self, config, merge: bool):
+        super().__init__()
+        self.self0 = BlipTextCrossAttentionWithMask(config, is_cross_attention=True)
+        self.self1 = BlipTextCrossAttentionWithMask(config, is_cross_attention=True)
+        self.output = BlipTwinSelfOutput(config, merge)
+
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, cache=None, **kwargs):
+        image0, image1 = encoder_hidden_states.chunk(2, dim=1)
+        mask0 = mask1 = None
+        if attention_mask is not None:  # the extended (batch, 1, 1, 2 * patches) mask of both images
+            mask0, mask1 = attention_mask.chunk(2, dim=-1)
+        context0, probs0 = self.self0(hidden_states, encoder_hidden_states=image0, encoder_attention_mask=mask0)
+        context1, _ = self.self1(hidden_states, encoder_hidden_states=image1, encoder_attention_mask=mask1)
+        return self.output(context0, context1, hidden_states), probs0
+
+
+@dataclass
+class BlipForVisualReasoningOutput(ModelOutput):
+    """`logits` (B, 2): 1 = the statement is true of the image pair. Hidden states / attentions: the text encoder's."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor] | None = None
+    attentions: tuple[torch.FloatTensor] | None = None
+
+
+class BlipForVisualReasoning(BlipInputGradientsMixin, BlipPreTrainedModel):
+    """NLVR2 (`models/blip_nlvr.py` `BLIP_NLVR`; transformers has no class for it): both images through the vision
+    transformer, the statement (first token `[ENC]`) through the text encoder whose every cross-attention attends to
+    each image separately (`BlipTwinCrossAttention`: averaged in the first `config.nlvr2_merge_from_layer` layers, 6 in
+    the original, merged by a linear layer after), and `cls_head` = Linear, ReLU, Linear(H, 2) on the `[ENC]` state.
+
+    `pixel_values` (B, 2, 3, H, W): left and right image; `labels` (B,) 1 = true, cross-entropy."""
+
+    main_input_name = "pixel_values"
+    _no_split_modules = ["BlipEncoderLayer", "BlipTextLayer"]
+
+    def __init__(self, config):
+        super().__init__(config)
+        text = config.text_config
+        self.vision_model = BlipVisionModel(config.vision_config)
+        self.text_encoder = BlipTextModel(text, add_pooling_layer=False)
+        merge_from = getattr(config, "nlvr2_merge_from_layer", 6)
+        for index, layer in enumerate(self.text_encoder.encoder.layer):
+            layer.crossattention = BlipTwinCrossAttention(text, merge=index >= merge_from)
+        self.cls_head = nn.Sequential(
+            nn.Linear(text.hidden_size, text.hidden_size), nn.ReLU(), nn.Linear(text.hidden_size, 2)
+        )
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values=None,
+        input_ids=None,
+        attention_mask=None,
+        labels=None,
+        interpolate_pos_encoding=False,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+    ) -> BlipForVisualReasoningOutput:
+        check_pixel_values(pixel_values, self.vision_model.embeddings.patch_embedding.in_channels, images_per_example=2)
+        if input_ids is None or input_ids.shape[0] != pixel_values.shape[0]:
+            shape = None if input_ids is None else tuple(input_ids.shape)
+            raise ValueError(
+                f"`input_ids` must hold one statement per image pair: ({pixel_values.shape[0]}, seq_len), got {shape}."
+            )
+        batch = pixel_values.shape[0]
+        images = self.vision_model(
+            pixel_values.flatten(0, 1), interpolate_pos_encoding=interpolate_pos_encoding
+        ).last_hidden_state
+        images = images.view(batch, 2 * images.shape[1], images.shape[2])  # [left patches ; right patches]
+        text = self.text_encoder(
+            input_ids=with_first_token(input_ids, _enc_token_id(self.config)),
+            attention_mask=attention_mask,
+            encoder_hidden_states=images,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.cls_head(text.last_hidden_state[:, 0])
+        loss = F.cross_entropy(logits.float(), labels.view(-1), ignore_index=-100) if labels is not None else None
+        return BlipForVisualReasoningOutput(
+            loss=loss, logits=logits, hidden_states=text.hidden_states, attentions=text.attentions
+        )
