@@ -168,6 +168,36 @@ def test_retrieval_starts_from_the_itm_match_row():
     torch.testing.assert_close(retrieval(**inputs).logits[:, 0], itm)
 
 
+def test_irtr_fine_tuned_files_convert_to_the_retrieval_head(tmp_path):
+    """The layout `vilt_irtr_{coco,f30k}.ckpt` have: the backbone, the ITM head trained alongside (weight 0.5) and
+    `rank_output` (no MLM head: the irtr runs do not build it)."""
+    import torch.nn.functional as F
+
+    folder = fixture_dir("vilt")
+    checkpoint = _pretraining_checkpoint(folder)
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("mlm_score.")}
+    hidden = state["itm_score.fc.weight"].shape[1]
+    generator = torch.Generator().manual_seed(0)
+    rank = {"rank_output.weight": torch.randn(1, hidden, generator=generator), "rank_output.bias": torch.randn(1)}
+    torch.save({**ckpt, "state_dict": {**state, **rank}}, tmp_path / "vilt_irtr_f30k.ckpt")
+    retrieval = vilt_conversion.convert(tmp_path / "vilt_irtr_f30k.ckpt")
+    assert type(retrieval) is ViltForImageTextRetrieval
+    assert torch.equal(retrieval.rank_output.weight, rank["rank_output.weight"])
+    pretraining = vilt_conversion.convert(checkpoint)  # the same backbone, verified against the fixture
+    inputs = tiny_inputs(batch=2, text=pretraining.config.max_position_embeddings)
+    inputs["input_ids"] = inputs["input_ids"] % pretraining.config.vocab_size
+    size = pretraining.config.image_size
+    inputs["pixel_values"] = torch.randn(2, 3, size, size, generator=generator)
+    inputs["pixel_mask"] = torch.ones(2, size, size, dtype=torch.long)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        pooled = pretraining.vilt(**{k: v for k, v in inputs.items() if k != "labels"}).pooler_output
+        torch.manual_seed(0)
+        scores = retrieval(**inputs).logits
+    torch.testing.assert_close(scores, F.linear(pooled, rank["rank_output.weight"], rank["rank_output.bias"]))
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # objectives
 # ------------------------------------------------------------------------------------------------------------------
