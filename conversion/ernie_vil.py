@@ -38,7 +38,7 @@ from hf_vlp.modeling.ernie_vil import (
 )
 
 from .common import ConversionError, KeyMap, Skipped, check_options, load_mapped_state, read_json
-from .paddle_format import read_paddle_params, write_paddle_params
+from .paddle_format import read_paddle_combined, read_paddle_params, write_paddle_params
 
 # no shared fixture (tests dump one from the Paddle layout): the shared default, no relative term
 VERIFY_ATOL = 1e-4
@@ -169,12 +169,15 @@ def _head_of(names):
 
 
 def _find_params(checkpoint):
-    """The `params/` folder and the config JSON next to it, from an extracted archive or the params folder."""
+    """The `params/` folder (or a combined parameter file) and the config JSON next to it, from an extracted archive,
+    the params folder or the combined file."""
     checkpoint = Path(checkpoint)
+    if checkpoint.is_file():  # a combined file (`save_params(filename=...)`), `__model__` next to it
+        configs = sorted(checkpoint.parent.glob("*.json")) or sorted(checkpoint.parent.parent.glob("*.json"))
+        configs = [c for c in configs if "config" in c.name] or configs
+        return checkpoint, configs[0] if len(configs) == 1 else None
     if not checkpoint.is_dir():
-        raise ConversionError(
-            f"{checkpoint} is not a folder: ERNIE-ViL parameters are a folder with one file per variable"
-        )
+        raise ConversionError(f"{checkpoint} does not exist: give the extracted release folder or its params/ folder")
     params = checkpoint / "params" if (checkpoint / "params").is_dir() else checkpoint
     configs = sorted(params.parent.glob("*.json")) if params != checkpoint else sorted(checkpoint.glob("*.json"))
     configs = [c for c in configs if "config" in c.name] or configs
@@ -270,7 +273,7 @@ def convert(checkpoint, config=None, head=None, task_prefix=None, ignore_unknown
     check_options(convert, options)
     params_dir, found_config = _find_params(checkpoint)
     try:
-        params = read_paddle_params(params_dir)
+        params = read_paddle_combined(params_dir) if params_dir.is_file() else read_paddle_params(params_dir)
     except ValueError as error:
         raise ConversionError(str(error)) from error
     if "word_embedding" not in params:

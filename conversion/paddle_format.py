@@ -19,8 +19,14 @@ integers little-endian:
     ...     rest       raw tensor data, C order, numel * itemsize bytes; nothing after it
 
 A file that deviates (other version, truncated data, trailing bytes, unknown dtype) raises a `ValueError` naming the
-file. Combined parameter files (`save_params(filename=...)`: every tensor in one file, names only in the program
-description) are not supported: they carry no names.
+file.
+
+Combined parameter files (`save_params / save_persistables / save_inference_model(params_filename=...)`, the
+`save_combine` op; usually `__params__`) hold the same serialized tensors back to back, in the sorted order of the
+variable names, and no names. `read_paddle_combined(path, names)` reads one given the names: a list, or the program
+description `__model__` saved next to it (a `ProgramDesc` protobuf: blocks -> vars with `name`, `type` and
+`persistable`; the persistable LoDTensor variables are the saved ones). A count that does not match is an error
+rather than a silent misassignment of tensors to names.
 """
 
 import struct
@@ -118,6 +124,14 @@ def tensor_desc(data_type: int, dims) -> bytes:
 
 def read_lod_tensor(data: bytes, name="tensor"):
     """One serialized LoDTensor -> (numpy array, lod as a list of lists of offsets)."""
+    array, lod, end = _read_lod_tensor_at(data, 0, name)
+    if end != len(data):
+        raise ValueError(f"{name}: {len(data) - end} trailing bytes after the tensor data")
+    return array, lod
+
+
+def _read_lod_tensor_at(data: bytes, position: int, name: str):
+    """The LoDTensor that starts at `position` of `data` -> (array, lod, position after it)."""
 
     def take(count):
         nonlocal position
@@ -127,7 +141,6 @@ def read_lod_tensor(data: bytes, name="tensor"):
         position += count
         return chunk
 
-    position = 0
     (version,) = struct.unpack("<I", take(4))
     if version != 0:
         raise ValueError(f"{name}: unsupported LoDTensor version {version} (expected 0)")
@@ -155,12 +168,10 @@ def read_lod_tensor(data: bytes, name="tensor"):
     storage = np.dtype("<u2") if dtype == "bfloat16" else dtype
     numel = int(np.prod(dims, dtype=np.int64)) if dims else 1
     payload = take(numel * storage.itemsize)
-    if position != len(data):
-        raise ValueError(f"{name}: {len(data) - position} trailing bytes after the tensor data")
     array = np.frombuffer(payload, dtype=storage).reshape(dims).copy()
     if dtype == "bfloat16":  # bf16 bits are the top half of an fp32
         array = (array.astype(np.uint32) << 16).view(np.float32)
-    return array, lod
+    return array, lod, position
 
 
 def write_lod_tensor(array, lod=()) -> bytes:
@@ -179,14 +190,99 @@ def write_lod_tensor(array, lod=()) -> bytes:
     return out + array.astype(dtype.newbyteorder("<"), copy=False).tobytes()
 
 
+def _protobuf_fields(message: bytes, what: str):
+    """(field number, value) of a protobuf message: varints as ints, length-delimited fields as bytes."""
+    position = 0
+    while position < len(message):
+        key, position = _read_varint(message, position)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, position = _read_varint(message, position)
+        elif wire == 2:
+            length, position = _read_varint(message, position)
+            if position + length > len(message):
+                raise ValueError(f"{what}: truncated protobuf field {field}")
+            value, position = message[position : position + length], position + length
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, position = message[position : position + size], position + size
+        else:
+            raise ValueError(f"{what}: unexpected protobuf wire type {wire} (field {field})")
+        yield field, value
+
+
+# framework.proto VarType.Type: the variables `save_combine` writes are LoDTensors
+LOD_TENSOR = 7
+
+
+def saved_variable_names(program_desc: bytes, what="__model__") -> list[str]:
+    """The persistable LoDTensor variables of a `ProgramDesc` (ProgramDesc.blocks = 1; BlockDesc.vars = 3;
+    VarDesc: name = 1, type = 2 (VarType.type = 1), persistable = 3), sorted as `save_combine` writes them."""
+    names = set()
+    for field, block in _protobuf_fields(program_desc, what):
+        if field != 1:
+            continue
+        for block_field, var in _protobuf_fields(block, what):
+            if block_field != 3:
+                continue
+            name, var_type, persistable = None, None, False
+            for var_field, value in _protobuf_fields(var, what):
+                if var_field == 1:
+                    name = value.decode("utf-8")
+                elif var_field == 2:
+                    var_type = next((v for f, v in _protobuf_fields(value, what) if f == 1), None)
+                elif var_field == 3:
+                    persistable = bool(value)
+            if name and persistable and var_type == LOD_TENSOR:
+                names.add(name)
+    if not names:
+        raise ValueError(f"{what} declares no persistable LoDTensor variables: is it a Paddle program description?")
+    return sorted(names)
+
+
+def read_paddle_combined(path, names=None) -> dict:
+    """A combined parameter file (every tensor back to back, sorted by name, no names inside) -> {name: array}.
+    `names`: the variable names (any order: they are sorted as `save_combine` wrote them), or None to read them from
+    the `__model__` program description next to the file."""
+    path = Path(path)
+    data = path.read_bytes()
+    if names is None:
+        program = path.parent / "__model__"
+        if not program.is_file():
+            raise ValueError(
+                f"{path} is a combined Paddle parameter file: the tensors carry no names. Put the program "
+                "description `__model__` saved with it next to it, or pass the variable names"
+            )
+        names = saved_variable_names(program.read_bytes(), str(program))
+    names = sorted(names)
+    tensors, position = [], 0
+    while position < len(data):
+        array, _, position = _read_lod_tensor_at(data, position, f"{path} (tensor {len(tensors)})")
+        tensors.append(array)
+    if len(tensors) != len(names):
+        raise ValueError(
+            f"{path} holds {len(tensors)} tensors but {len(names)} variable names were given: names and file do not "
+            "belong together (a save_persistables file also holds optimizer state; pass the exact saved names)"
+        )
+    return dict(zip(names, tensors))
+
+
 def read_paddle_params(directory) -> dict:
-    """A Paddle parameter folder (one file per variable) -> {variable name: numpy array}.
+    """A Paddle parameter folder (one file per variable) -> {variable name: numpy array}. A folder whose tensors
+    are combined in `__params__` (with the program description `__model__`) is read with `read_paddle_combined`.
 
     Sub-folders and the program files `__model__` / `__params__` are skipped; every other file must be a tensor.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"Paddle parameter folder {str(directory)!r} does not exist")
+    tensor_files = [
+        path
+        for path in directory.iterdir()
+        if not path.is_dir() and path.name not in NON_TENSOR_FILES and not path.name.startswith(".")
+    ]
+    if not tensor_files and (directory / "__params__").is_file():
+        return read_paddle_combined(directory / "__params__")
     params = {}
     for path in sorted(directory.iterdir()):
         if path.is_dir() or path.name in NON_TENSOR_FILES or path.name.startswith("."):
@@ -207,4 +303,11 @@ def write_paddle_params(directory, params: dict):
         (directory / name).write_bytes(write_lod_tensor(np.asarray(array)))
 
 
-__all__ = ["read_lod_tensor", "read_paddle_params", "write_lod_tensor", "write_paddle_params"]
+__all__ = [
+    "read_lod_tensor",
+    "read_paddle_combined",
+    "read_paddle_params",
+    "saved_variable_names",
+    "write_lod_tensor",
+    "write_paddle_params",
+]

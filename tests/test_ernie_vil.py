@@ -14,9 +14,12 @@ from safetensors.torch import save_file
 from hf_vlp.conversion import ernie_vil as conversion
 from hf_vlp.conversion.common import ConversionError, verify
 from hf_vlp.conversion.paddle_format import (
+    _varint,
     parse_tensor_desc,
     read_lod_tensor,
+    read_paddle_combined,
     read_paddle_params,
+    saved_variable_names,
     write_lod_tensor,
     write_paddle_params,
 )
@@ -156,6 +159,65 @@ def test_parameter_folder_round_trip(tmp_path):
     assert read.keys() == params.keys()
     for name in params:
         np.testing.assert_array_equal(read[name], params[name])
+
+
+def _field(number, payload):
+    """One length-delimited protobuf field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _var_desc(name, var_type=7, persistable=True):
+    """framework.proto VarDesc: name = 1, type = 2 (VarType.type = 1), persistable = 3."""
+    var_type_message = _varint(1 << 3) + _varint(var_type)
+    return _field(1, name.encode()) + _field(2, var_type_message) + _varint(3 << 3) + _varint(int(persistable))
+
+
+def _program_desc(variables):
+    """ProgramDesc with one BlockDesc (idx = 1, parent_idx = 2, vars = 3)."""
+    block = _varint(1 << 3) + _varint(0) + _varint(2 << 3) + _varint(0)
+    block += b"".join(_field(3, _var_desc(*variable)) for variable in variables)
+    return _field(1, block)
+
+
+def write_combined(folder, params, extra_vars=()):
+    """What `save_inference_model(..., params_filename="__params__")` writes: the tensors back to back in sorted
+    name order, and the program description naming them (plus feed / fetch / non-persistable variables)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "__params__").write_bytes(b"".join(write_lod_tensor(params[name]) for name in sorted(params)))
+    (folder / "__model__").write_bytes(_program_desc([(name,) for name in reversed(list(params))] + list(extra_vars)))
+
+
+def test_combined_parameter_files_are_read_with_the_names_of_their_program(tmp_path):
+    params = {
+        "word_embedding": np.random.rand(4, 3).astype(np.float32),
+        "encoder_layer_0_ffn_fc_0.b_0": np.arange(5, dtype=np.float32),
+        "pos_embedding": np.random.rand(2, 3).astype(np.float32),
+    }
+    # feed (9) / fetch (10) variables are persistable too, and activations are not: none is in the file
+    write_combined(tmp_path, params, [("feed", 9), ("fetch", 10), ("tmp_0", 7, False)])
+    assert saved_variable_names((tmp_path / "__model__").read_bytes()) == sorted(params)
+    for read in (read_paddle_params(tmp_path), read_paddle_combined(tmp_path / "__params__", list(params))):
+        assert read.keys() == params.keys()
+        for name in params:
+            np.testing.assert_array_equal(read[name], params[name])
+    with pytest.raises(ValueError, match="holds 3 tensors but 2 variable names"):
+        read_paddle_combined(tmp_path / "__params__", ["word_embedding", "pos_embedding"])
+    (tmp_path / "__model__").unlink()
+    with pytest.raises(ValueError, match="combined Paddle parameter file: the tensors carry no names"):
+        read_paddle_combined(tmp_path / "__params__")
+
+
+def test_a_release_with_combined_parameters_converts_like_the_per_variable_one(tmp_path):
+    torch.manual_seed(0)
+    model = ErnieVilForVisualQuestionAnswering(tiny_config()).eval()
+    per_variable = conversion.convert(release_folder(tmp_path / "files", model))
+    combined = tmp_path / "combined"
+    write_combined(combined / "params", conversion.to_paddle_params(model))
+    (combined / "ernie_vil_config.tiny.json").write_text(json.dumps(original_json(model.config)))
+    for checkpoint in (combined, combined / "params" / "__params__"):
+        converted = conversion.convert(checkpoint)
+        for key, value in per_variable.state_dict().items():
+            torch.testing.assert_close(converted.state_dict()[key], value, rtol=0, atol=0, msg=key)
 
 
 # ------------------------------------------------------------------------------------------------------------------
