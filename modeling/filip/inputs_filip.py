@@ -1,6 +1,6 @@
 """Random FILIP inputs for every head (`ArchitectureSpec.example_inputs`; `hf-vlp bench`, tests): paired images and
-texts ending with the end-of-text token the global pooling reads. The retrieval head gets `labels` (image i's text
-is text i). `regions` is unused."""
+texts ending with the end-of-text token the global pooling reads. The retrieval head gets `labels`, sample ids that make
+every pair its own (image i matches text i only). `regions` is unused."""
 
 import torch
 

@@ -128,6 +128,7 @@ def late_interaction_loss(
     chunk_size=None,
     gather=True,
     normalize=True,
+    sample_ids=None,
     group=None,
 ):
     """FILIP's contrastive loss: (CE over texts of scale * s^I(image i, .) + CE over images of scale * s^T(., text i))
@@ -137,7 +138,9 @@ def late_interaction_loss(
     logit_scale: the multiplier (a scalar tensor or float). token_selection_ratio < 1 keeps that fraction of each
     example's tokens (`select_tokens`, chosen against this rank's batch) before the gather. chunk_size bounds the
     similarity block (see the module docstring). gather: all-gather with gradients across ranks (no-op in one
-    process): the mean of the per-rank losses is the loss on the global batch.
+    process): the mean of the per-rank losses is the loss on the global batch. sample_ids: optional (n_local,) ids;
+    every image-text pair with the same id is a positive, weighted uniformly (several captions of one image), as in
+    `contrastive_loss`; without ids the positive of image i is text i.
     """
     if image_tokens.shape[0] != text_tokens.shape[0]:
         raise ValueError(
@@ -168,10 +171,20 @@ def late_interaction_loss(
             offset = int(sizes[:rank].sum())
         logits_per_image = scale * late_interaction_similarity(image, all_text, image_mask, all_text_mask, chunk_size)
         logits_per_text = scale * late_interaction_similarity(text, all_image, text_mask, all_image_mask, chunk_size)
-        targets = torch.arange(image.shape[0], device=image.device) + offset
-        loss_sum = F.cross_entropy(logits_per_image, targets, reduction="sum") + F.cross_entropy(
-            logits_per_text, targets, reduction="sum"
-        )
+        if sample_ids is None:
+            targets = torch.arange(image.shape[0], device=image.device) + offset
+            loss_sum = F.cross_entropy(logits_per_image, targets, reduction="sum") + F.cross_entropy(
+                logits_per_text, targets, reduction="sum"
+            )
+        else:
+            if sample_ids.shape != (image.shape[0],):
+                raise ValueError(f"sample_ids must have shape ({image.shape[0]},), got {tuple(sample_ids.shape)}")
+            all_ids = gather_without_grad(sample_ids, group) if world_size > 1 else sample_ids
+            positives = (sample_ids[:, None] == all_ids[None, :]).float()
+            soft_targets = positives / positives.sum(dim=1, keepdim=True)
+            loss_sum = -(soft_targets * F.log_softmax(logits_per_image, dim=1)).sum() - (
+                soft_targets * F.log_softmax(logits_per_text, dim=1)
+            ).sum()
         # scaled so that the mean over ranks is the global mean (hf_vlp.pretraining.contrastive, module docstring)
         return loss_sum / 2 * world_size / all_image.shape[0]
 

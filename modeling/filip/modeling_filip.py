@@ -177,7 +177,7 @@ class FilipModel(FilipPreTrainedModel):
             vision_model_output=vision_outputs,
         )
 
-    def contrastive_loss(self, output: FilipOutput, attention_mask=None, gather=True):
+    def contrastive_loss(self, output: FilipOutput, attention_mask=None, gather=True, sample_ids=None):
         """FILIP's loss on a paired batch from the output's token embeddings (DDP-exact, chunked, with the
         config's token selection), plus `global_loss_weight` x CLIP's loss on the global embeddings."""
         n_images, n_texts = output.image_embeds.shape[0], output.text_embeds.shape[0]
@@ -197,10 +197,11 @@ class FilipModel(FilipPreTrainedModel):
             chunk_size=self.config.loss_chunk_size,
             gather=gather,
             normalize=False,
+            sample_ids=sample_ids,
         )
         if self.config.global_loss_weight:
             loss = loss + self.config.global_loss_weight * contrastive_loss(
-                output.image_embeds, output.text_embeds, scale, gather=gather, normalize=False
+                output.image_embeds, output.text_embeds, scale, gather=gather, normalize=False, sample_ids=sample_ids
             )
         return loss
 
@@ -234,9 +235,8 @@ class FilipModel(FilipPreTrainedModel):
 
 class FilipForImageTextRetrieval(FilipModel):
     """Scores every image against every text (any counts: a gallery, caption sets, class prompts) with FILIP's
-    late interaction; `labels` (n_images,) = index of each image's matching text trains image->text
-    classification (zero-shot classifier fine-tuning, caption retrieval). Registered for
-    `AutoModelForZeroShotImageClassification`: the pipeline reads `logits_per_image`."""
+    late interaction, and fine-tunes retrieval with FILIP's contrastive loss when `labels` (sample ids) are given.
+    Registered for `AutoModelForZeroShotImageClassification`: the pipeline reads `logits_per_image`."""
 
     @can_return_tuple
     def forward(
@@ -246,28 +246,30 @@ class FilipForImageTextRetrieval(FilipModel):
         attention_mask=None,
         position_ids=None,
         labels=None,
+        gather=True,
         interpolate_pos_encoding=False,
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
     ) -> FilipOutput:
         r"""
-        labels: optional (n_images,) index into the texts of each image's positive; the loss is the cross-entropy of
-            `logits_per_image` (logit scale clamped at `max_logit_scale`).
+        labels: optional (batch,) sample ids of a paired batch (image i with text i): image i and text j are also a
+            positive pair when labels[i] == labels[j] (several captions of one image). Given, the output carries
+            FILIP's contrastive loss with those positives (DDP-exact, as `FilipModel`'s).
+        gather: all-gather token embeddings across ranks with gradients (no-op in one process).
         """
         layer_outputs = dict(output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         output = self._forward(
             input_ids, pixel_values, attention_mask, position_ids, interpolate_pos_encoding, layer_outputs
         )
         if labels is not None:
-            n_images, n_texts = output.logits_per_image.shape
+            n_images = output.image_embeds.shape[0]
             if labels.shape != (n_images,) or labels.dtype.is_floating_point:
-                raise ValueError(f"`labels` must be ({n_images},) text indices, got {labels.dtype} {tuple(labels.shape)}")
-            if labels.numel() and (labels.min() < 0 or labels.max() >= n_texts):
-                raise ValueError(f"`labels` must index the {n_texts} texts, got values in [{labels.min()}, {labels.max()}]")
-            scale = self.logit_scale.exp()
-            clamped = output.logits_per_image.float() * (scale.clamp(max=self.config.max_logit_scale) / scale)
-            output.loss = F.cross_entropy(clamped, labels)
+                raise ValueError(
+                    f"`labels` must be ({n_images},) integer sample ids (one per image-text pair), got {labels.dtype} "
+                    f"{tuple(labels.shape)}"
+                )
+            output.loss = self.contrastive_loss(output, attention_mask, gather=gather, sample_ids=labels)
         return output
 
     @torch.no_grad()
