@@ -58,6 +58,7 @@ _EXPORTS = {
     ),
     ".processing_filip": ("DEFAULT_TEMPLATES", "FilipProcessor"),
     ".late_interaction": ("late_interaction_loss", "late_interaction_similarity", "select_tokens"),
+    ".retrieval_bench": ("retrieval_throughput",),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = ["SPECS", *sorted(name for names in _EXPORTS.values() for name in names)]

@@ -182,9 +182,9 @@ def late_interaction_loss(
             all_ids = gather_without_grad(sample_ids, group) if world_size > 1 else sample_ids
             positives = (sample_ids[:, None] == all_ids[None, :]).float()
             soft_targets = positives / positives.sum(dim=1, keepdim=True)
-            loss_sum = -(soft_targets * F.log_softmax(logits_per_image, dim=1)).sum() - (
-                soft_targets * F.log_softmax(logits_per_text, dim=1)
-            ).sum()
+            loss_sum = (
+                -(soft_targets * F.log_softmax(logits_per_image, dim=1)).sum()
+                - (soft_targets * F.log_softmax(logits_per_text, dim=1)).sum()
+            )
         # scaled so that the mean over ranks is the global mean (hf_vlp.pretraining.contrastive, module docstring)
         return loss_sum / 2 * world_size / all_image.shape[0]
-

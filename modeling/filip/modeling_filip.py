@@ -158,7 +158,9 @@ class FilipModel(FilipPreTrainedModel):
     # ---- forward ---------------------------------------------------------------------------------------------
 
     def _forward(self, input_ids, pixel_values, attention_mask, position_ids, interpolate_pos_encoding, layer_outputs):
-        text_outputs, text_embeds, text_tokens = self.encode_text(input_ids, attention_mask, position_ids, **layer_outputs)
+        text_outputs, text_embeds, text_tokens = self.encode_text(
+            input_ids, attention_mask, position_ids, **layer_outputs
+        )
         vision_outputs, image_embeds, image_tokens = self.encode_image(
             pixel_values, interpolate_pos_encoding, **layer_outputs
         )
