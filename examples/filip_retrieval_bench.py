@@ -32,7 +32,7 @@ def main():
         device=args.device,
     )
     for key, value in result.items():
-        print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
+        print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
 
 
 if __name__ == "__main__":
