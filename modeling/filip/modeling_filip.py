@@ -186,8 +186,8 @@ class FilipModel(FilipPreTrainedModel):
         if n_images != n_texts:
             raise ValueError(
                 f"pixel_values has {n_images} images but input_ids has {n_texts} texts: the contrastive loss pairs "
-                "image i with text i (pass return_loss=False, or use FilipForImageTextRetrieval, to score every "
-                "image against every text)"
+                "image i with text i (FilipModel: return_loss=False, FilipForImageTextRetrieval: no labels, to score "
+                "every image against every text)"
             )
         scale = self.logit_scale.exp().clamp(max=self.config.max_logit_scale)
         loss = late_interaction_loss(
