@@ -446,6 +446,7 @@ OUTPUT_FIELDS = {
         ("language_attentions", "vision_attentions", "cross_encoder_attentions"),
     ),
     "clip": CLIP_FIELDS,
+    "filip": CLIP_FIELDS,
     "clip_resnet": (CLIP_FIELDS[0], ("text_model_output.attentions",)),  # a ResNet tower has no attention
     "switch_transformers": (
         ("encoder_hidden_states", "decoder_hidden_states"),

@@ -26,6 +26,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPPreTrainedModel
 from transformers.utils import ModelOutput, can_return_tuple
 
+from hf_vlp.hub_mixin import HubPushMixin
 from hf_vlp.layers import check_pixel_values
 from hf_vlp.modeling.clip.modeling_clip import check_text_length
 from hf_vlp.pretraining.contrastive import contrastive_loss
@@ -70,7 +71,7 @@ class FilipOutput(ModelOutput):
         )
 
 
-class FilipPreTrainedModel(CLIPPreTrainedModel):
+class FilipPreTrainedModel(HubPushMixin, CLIPPreTrainedModel):
     """CLIP's init and attention support for the towers, plus FILIP's projections and logit scale."""
 
     config: FilipConfig
