@@ -32,9 +32,9 @@ def test_nlvr2_rows_name_both_images_and_attach_their_regions(tmp_path):
     }
     data = benchmarks.load_nlvr2(_jsonl(tmp_path / "dev.json", rows), region_features=features)
     assert data["image_id"] == ["dev-850-0-img0", "dev-850-1-img0"]
-    assert data["image_id_1"] == ["dev-850-0-img1", "dev-850-1-img1"]
+    assert data["image_id_2"] == ["dev-850-0-img1", "dev-850-1-img1"]
     assert data["label"] == [1, 0] and data.features["label"].names == ["False", "True"]
-    assert data[1]["region_features"] == [[1.0, 0.0]] and data[1]["region_features_1"] == [[1.0, 1.0]]
+    assert data[1]["region_features"] == [[1.0, 0.0]] and data[1]["region_features_2"] == [[1.0, 1.0]]
     with pytest.raises(ValueError, match="line 1.*'True' or 'False'"):
         benchmarks.load_nlvr2(_jsonl(tmp_path / "bad.json", [dict(rows[0], label="yes")]))
 

@@ -59,10 +59,10 @@ def load_nlvr2(path: str | os.PathLike, region_features=None) -> datasets.Datase
     """NLVR2 JSON lines (`identifier` 'split-set-pair-sentence', `sentence`, `label` 'True'/'False'). Each example has
     two images, named as in the released image folders: `<split-set-pair>-img0.png` and `-img1.png`.
 
-    Columns: `identifier`, `text`, `label` (ClassLabel False/True), `image_id` (left) and `image_id_1` (right).
-    With `region_features`, `boxes` / `region_features` are the left image's and `boxes_1` / `region_features_1`
+    Columns: `identifier`, `text`, `label` (ClassLabel False/True), `image_id` (left) and `image_id_2` (right).
+    With `region_features`, `boxes` / `region_features` are the left image's and `boxes_2` / `region_features_2`
     the right's (the shapes world's NLVR2 columns)."""
-    columns = {"identifier": [], "text": [], "label": [], "image_id": [], "image_id_1": []}
+    columns = {"identifier": [], "text": [], "label": [], "image_id": [], "image_id_2": []}
     for number, row in enumerate(_read_jsonl(path, "path"), start=1):
         _require(row, ("identifier", "sentence", "label"), f"path line {number}")
         parts = str(row["identifier"]).split("-")
@@ -75,20 +75,20 @@ def load_nlvr2(path: str | os.PathLike, region_features=None) -> datasets.Datase
         columns["text"].append(row["sentence"])
         columns["label"].append(NLVR2_LABELS.index(str(row["label"])))
         columns["image_id"].append(f"{pair}-img0")
-        columns["image_id_1"].append(f"{pair}-img1")
+        columns["image_id_2"].append(f"{pair}-img1")
     features = {
         "identifier": datasets.Value("string"),
         "text": datasets.Value("string"),
         "label": datasets.ClassLabel(names=list(NLVR2_LABELS)),
         "image_id": datasets.Value("string"),
-        "image_id_1": datasets.Value("string"),
+        "image_id_2": datasets.Value("string"),
     }
     if region_features is not None:
-        right = {"image_id": columns["image_id_1"]}
+        right = {"image_id": columns["image_id_2"]}
         right_features: dict = {}
         _attach_regions(right, right_features, region_features)
         for name in ("boxes", "region_features", "image_width", "image_height"):
-            columns[f"{name}_1"], features[f"{name}_1"] = right[name], right_features[name]
+            columns[f"{name}_2"], features[f"{name}_2"] = right[name], right_features[name]
     return _dataset(columns, features, region_features)
 
 
