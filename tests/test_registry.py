@@ -359,3 +359,13 @@ def test_every_converter_has_the_verify_contract():
     for name in modules:
         module = importlib.import_module(f"hf_vlp.conversion.{name}")
         assert callable(module.convert) and callable(module.fixture_outputs), name
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda spec: spec.name)
+def test_a_saved_config_reloads_with_its_label_count(spec, tmp_path):
+    """transformers does not write the label maps of a 2-label config; configs whose own default is another count
+    (3129 VQA answers) must still reload 2 labels (hf_vlp.config_utils.SavesLabelMaps)."""
+    for count in (2, 5):
+        config = spec.config_class(num_labels=count)
+        config.save_pretrained(tmp_path / str(count))
+        assert type(config).from_pretrained(tmp_path / str(count)).num_labels == count

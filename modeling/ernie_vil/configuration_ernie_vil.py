@@ -12,6 +12,7 @@ released archives could not be downloaded here: `v_intermediate_size`, `class_at
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from hf_vlp.config_utils import SavesLabelMaps
 from hf_vlp.modeling.vilbert.configuration_vilbert import default_schedule
 
 ERNIE_VIL_AUTO_MAP = {
@@ -26,7 +27,7 @@ ERNIE_VIL_AUTO_MAP = {
 
 
 @strict
-class ErnieVilConfig(PreTrainedConfig):
+class ErnieVilConfig(SavesLabelMaps, PreTrainedConfig):
     r"""
     Args (original names):
         vocab_size, hidden_size, num_attention_heads, max_position_embeddings, sent_type_vocab_size, hidden_act,

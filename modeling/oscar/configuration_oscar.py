@@ -8,6 +8,7 @@ and X152-C4 region features of the same 2048 + 6 layout. `OscarConfig.vinvl()` r
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from hf_vlp.config_utils import SavesLabelMaps
 from hf_vlp.layers import BOX_FEATURE_SIZES
 
 CLASSIFIER_TYPES = ("linear", "mlp")
@@ -16,7 +17,7 @@ VQA_LOSSES = ("bce", "ce")
 
 
 @strict
-class OscarConfig(PreTrainedConfig):
+class OscarConfig(SavesLabelMaps, PreTrainedConfig):
     r"""
     Text side: bert-base-uncased (the released models start from it). Image side: the sizes the original reads from
     its config (`img_feature_dim` = 2054 = 2048-d detector feature + 6-d box) and its fine-tuning scripts' options.

@@ -3,11 +3,13 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from hf_vlp.config_utils import SavesLabelMaps
+
 NLVR2_HEADS = ("paired", "triplet", "paired-attn")
 
 
 @strict
-class UniterConfig(PreTrainedConfig):
+class UniterConfig(SavesLabelMaps, PreTrainedConfig):
     r"""
     Text side: the BERT-base-cased sizes of the released model. Image side: sizes the original hard-codes in
     `utils/const.py` (`IMG_DIM = 2048`, `IMG_LABEL_DIM = 1601`) and the 7-d location vector.

@@ -4,6 +4,8 @@ facebookresearch/vilbert-multi-task, used for both `pretrained_model.bin` and th
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from hf_vlp.config_utils import SavesLabelMaps
+
 # `visual_target` of the original (`--visual_target 0/1/2`) plus hard-label classification.
 VISUAL_TARGETS = ("kl", "regression", "nce", "classification")
 
@@ -46,7 +48,7 @@ def default_schedule(v_num_hidden_layers, num_hidden_layers):
 
 
 @strict
-class VilbertConfig(PreTrainedConfig):
+class VilbertConfig(SavesLabelMaps, PreTrainedConfig):
     r"""
     Field names are those of the original `BertConfig` (so an original JSON reads as keyword arguments); the text
     stream uses the BERT names, the visual stream the `v_` names, the co-attention the `bi_` names.
