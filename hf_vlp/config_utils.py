@@ -13,5 +13,5 @@ class SavesLabelMaps:
         diff = super().to_diff_dict()
         if self.id2label is not None:
             diff["id2label"] = {str(key): value for key, value in self.id2label.items()}
-            diff["label2id"] = dict(self.label2id)
+            diff["label2id"] = dict(self.label2id or {value: key for key, value in self.id2label.items()})
         return diff
