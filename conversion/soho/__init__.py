@@ -126,6 +126,7 @@ def config_from_state(state: dict, model_dict: dict) -> SohoConfig:
         # a bottleneck's first 1x1 conv is `planes` wide (groups 1, width 64), a basic block's first conv too
         backbone_base_channels=stage_width,
         backbone_frozen_stages=backbone.get("frozen_stages", 1),
+        backbone_stride_in_1x1=backbone.get("style", "pytorch") == "caffe",
         dictionary_decay=neck.get("decay", 0.1),  # SOHO_Pre_VD's default when the config does not say
         visual_mask_prob=neck.get("mask_prob", 0.015),
     )
@@ -186,6 +187,12 @@ def fixture_inputs(fixture_dir):
 
     inputs = load_file(Path(fixture_dir) / "inputs.safetensors")
     pixel_values = inputs["img"]
+    if "pad_shape" in inputs and int(inputs["pad_shape"][:, 0].max()) != pixel_values.shape[-2]:
+        # the original's canvas side is max(pad_shape[0]); hf_vlp takes it from the batch's padded height
+        raise ConversionError(
+            f"{fixture_dir}: the largest pad_shape height {int(inputs['pad_shape'][:, 0].max())} is not the padded "
+            f"height {pixel_values.shape[-2]} of `img`"
+        )
     pixel_mask = torch.zeros(pixel_values.shape[0], *pixel_values.shape[-2:], dtype=torch.long)
     for index, (height, width, _) in enumerate(inputs["img_shape"].tolist()):
         pixel_mask[index, :height, :width] = 1

@@ -18,6 +18,8 @@ class SohoConfig(PreTrainedConfig):
         backbone_block, backbone_layers: the ResNet's block type and block counts per stage (ResNet-18: "basic",
             (2, 2, 2, 2); ResNet-50: "bottleneck", (3, 4, 6, 3)).
         backbone_stem_channels, backbone_base_channels: channels of the stem and of `layer1` (doubled per stage).
+        backbone_stride_in_1x1: bottlenecks stride in their first 1x1 conv (mmcls `style="caffe"`) instead of the 3x3
+            (`style="pytorch"`, the released config).
         backbone_frozen_stages: -1 trains everything, 0 freezes the stem, i the stem and `layer1..layer<i>` (no
             gradients, batch norms in eval mode), as mmcls' `frozen_stages` (1 in the released config).
         num_visual_tokens: entries of the visual dictionary (`num_tokens`).
@@ -60,6 +62,7 @@ class SohoConfig(PreTrainedConfig):
     backbone_stem_channels: int = 64
     backbone_base_channels: int = 64
     backbone_frozen_stages: int = 1
+    backbone_stride_in_1x1: bool = False
     num_visual_tokens: int = 2048
     dictionary_decay: float | int = 0.4
     visual_mask_prob: float | int = 0.015

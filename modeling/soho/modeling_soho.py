@@ -289,6 +289,7 @@ class SohoModel(SohoPreTrainedModel):
             stem_channels=config.backbone_stem_channels,
             base_channels=config.backbone_base_channels,
             frozen_stages=config.backbone_frozen_stages,
+            stride_in_1x1=config.backbone_stride_in_1x1,
             out_stages=("layer4",),
         )
         self.visual_embeddings = SohoVisualEmbeddings(config, use_visual_dictionary)
