@@ -439,6 +439,7 @@ OUTPUT_FIELDS = {
     "vilt": SINGLE_STREAM,
     "vit": SINGLE_STREAM,
     "vit_representation": SINGLE_STREAM,
+    "soho": SINGLE_STREAM,
     "vilbert": TWO_STREAM,
     "ernie_vil": TWO_STREAM,
     "lxmert": (
