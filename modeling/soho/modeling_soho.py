@@ -27,6 +27,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, can_return_tuple
 
+from hf_vlp.hub_mixin import HubPushMixin
 from hf_vlp.layers import (
     TextEmbeddings,
     TransformerEncoder,
@@ -236,7 +237,7 @@ class SohoVisualEmbeddings(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class SohoPreTrainedModel(PreTrainedModel):
+class SohoPreTrainedModel(HubPushMixin, PreTrainedModel):
     config_class = SohoConfig
     base_model_prefix = "soho"
     main_input_name = "input_ids"
