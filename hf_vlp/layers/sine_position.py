@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 
-def sine_position_embedding(pixel_mask, num_pos_feats, temperature=10000.0, normalize=True, scale=2 * math.pi, eps=1e-6):
+def sine_position_embedding(
+    pixel_mask, num_pos_feats, temperature=10000.0, normalize=True, scale=2 * math.pi, eps=1e-6
+):
     """Return the (B, 2 * num_pos_feats, H, W) embedding: `num_pos_feats` channels for y, then as many for x.
 
     Each axis position is the running count of valid pixels along that axis (1-based); with `normalize` it is
