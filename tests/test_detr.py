@@ -277,3 +277,67 @@ def test_check_detection_labels_errors():
         check_detection_labels(zero_width, 1, num_classes=2)
     with pytest.raises(ValueError, match="class_labels"):
         check_detection_labels([{**good[0], "class_labels": torch.tensor([5])}], 1, num_classes=2)
+
+
+# --- CNN image processor and detection targets ------------------------------------------------------------------
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from hf_vlp.processing.cnn_images import (  # noqa: E402
+    IMAGENET_MEAN,
+    CnnImageProcessor,
+    coco_to_detection_target,
+    detection_target_from_row,
+    resized_size,
+)
+
+
+def test_resized_size_follows_shorter_side_with_a_longer_side_cap():
+    assert resized_size(480, 640, 800, 1333) == (800, 1066)
+    assert resized_size(640, 480, 800, 1333) == (1066, 800)
+    assert resized_size(100, 1000, 800, 1333) == (133, 1330)  # the cap wins: the shorter side shrinks
+    assert resized_size(800, 900, 800, 1333) == (800, 900)
+
+
+def test_cnn_image_processor_resizes_normalizes_and_pads_with_a_mask():
+    processor = CnnImageProcessor(shortest_edge=32, longest_edge=64, size_divisibility=16)
+    mean_colour = (np.array(IMAGENET_MEAN) * 255).round().astype(np.uint8)
+    tall = Image.fromarray(np.broadcast_to(mean_colour, (40, 20, 3)).copy())
+    wide = Image.fromarray(np.zeros((10, 30, 3), dtype=np.uint8))
+    batch = processor([tall, wide])
+    # tall 40x20 -> 64x32; wide 10x30 -> 21x63 (cap: shorter side round(64 * 10 / 30), longer int(21 * 3));
+    # batch 64x64, already a multiple of 16
+    assert batch["pixel_values"].shape == (2, 3, 64, 64)
+    assert batch["pixel_mask"].shape == (2, 64, 64)
+    assert int(batch["pixel_mask"][0].sum()) == 64 * 32 and int(batch["pixel_mask"][1].sum()) == 21 * 63
+    assert batch["pixel_mask"][0, :, :32].all() and not batch["pixel_mask"][0, :, 32:].any()
+    assert batch["pixel_values"][0, :, :, :32].abs().max() < 0.02  # the mean colour normalizes to ~0
+    assert (batch["pixel_values"][0, :, :, 32:] == 0).all()  # padding is zero
+    black = batch["pixel_values"][1, :, 0, 0]
+    torch.testing.assert_close(black, -torch.tensor(IMAGENET_MEAN) / torch.tensor([0.229, 0.224, 0.225]))
+    padded = CnnImageProcessor(shortest_edge=20, longest_edge=None, size_divisibility=32)([tall])
+    assert padded["pixel_values"].shape == (1, 3, 64, 32)  # 40x20 -> 40x20 (no change) -> padded to 64x32
+
+
+def test_coco_boxes_become_normalized_cxcywh_targets():
+    target = coco_to_detection_target(
+        [[10, 20, 30, 40], [190, 90, 30, 30], [5, 5, 0, 10], [0, 0, 10, 10]],
+        [3, 1, 2, 4],
+        image_size=(100, 200),
+        iscrowd=[0, 0, 0, 1],
+    )
+    # the second box is clipped to the image (190..200, 90..100); the empty and the crowd box are dropped
+    assert target["class_labels"].tolist() == [3, 1]
+    torch.testing.assert_close(
+        target["boxes"], torch.tensor([[0.125, 0.4, 0.15, 0.4], [0.975, 0.95, 0.05, 0.1]]), atol=1e-6, rtol=0
+    )
+    check_detection_labels([target], 1, num_classes=5)
+    row = {"width": 200, "height": 100, "objects": {"bbox": [[10, 20, 30, 40]], "category": [3]}}
+    torch.testing.assert_close(detection_target_from_row(row)["boxes"], target["boxes"][:1])
+    processed = CnnImageProcessor(shortest_edge=50)([Image.new("RGB", (200, 100))], annotations=[row])
+    torch.testing.assert_close(processed["labels"][0]["boxes"], target["boxes"][:1])  # resizing keeps them
+    with pytest.raises(ValueError, match="objects"):
+        detection_target_from_row({"width": 2, "height": 2})
+    with pytest.raises(ValueError, match="class_labels"):
+        coco_to_detection_target([[0, 0, 1, 1]], [1, 2], image_size=(4, 4))
