@@ -95,10 +95,10 @@ def test_detr_layers_match_torch_transformer_layers_without_positions(pre_norm):
     valid = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
     with torch.no_grad():
         torch.testing.assert_close(
-            encoder(source, valid), torch_encoder(source, src_key_padding_mask=~valid), atol=1e-5, rtol=1e-5
+            encoder(source, valid)[0], torch_encoder(source, src_key_padding_mask=~valid), atol=1e-5, rtol=1e-5
         )
         torch.testing.assert_close(
-            decoder(queries, source, valid),
+            decoder(queries, source, valid)[0],
             torch_decoder(queries, source, memory_key_padding_mask=~valid),
             atol=1e-5,
             rtol=1e-5,
@@ -112,8 +112,8 @@ def test_detr_positions_go_to_queries_and_keys_only():
     decoder = DetrDecoder(2, 8, 2, 16, dropout=0.0).eval()
     queries, memory = torch.zeros(1, 3, 8), torch.randn(1, 1, 8)
     with torch.no_grad():
-        plain = decoder(queries, memory)
-        shifted = decoder(queries, memory, position_embeddings=torch.randn(1, 1, 8))
+        plain = decoder(queries, memory).intermediate_hidden_states
+        shifted = decoder(queries, memory, position_embeddings=torch.randn(1, 1, 8)).intermediate_hidden_states
     assert plain.shape == (2, 1, 3, 8)
     torch.testing.assert_close(plain, shifted)
     # every intermediate output went through the final LayerNorm

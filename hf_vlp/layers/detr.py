@@ -15,6 +15,7 @@ position. Boxes are (cx, cy, w, h) normalized to [0, 1] unless a name says `xyxy
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -23,7 +24,10 @@ from torch.nn import functional as F
 from transformers.activations import ACT2FN
 from transformers.image_transforms import center_to_corners_format, corners_to_center_format
 from transformers.loss.loss_for_object_detection import generalized_box_iou
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
 
 from .attention import eager_attention_forward
 
@@ -32,6 +36,7 @@ __all__ = [
     "DetrAttention",
     "DetrDecoder",
     "DetrDecoderLayer",
+    "DetrDecoderOutput",
     "DetrEncoder",
     "DetrEncoderLayer",
     "HungarianMatcher",
@@ -157,9 +162,10 @@ def _with_position(states, position_embeddings):
     return states if position_embeddings is None else states + position_embeddings
 
 
-class DetrEncoderLayer(nn.Module):
+class DetrEncoderLayer(GradientCheckpointingLayer):
     """Self-attention + feed-forward; positions are added to queries and keys, not values. `pre_norm` normalises
-    before each block (DETR's `normalize_before`), otherwise after the residual (post-norm, DETR's default)."""
+    before each block (DETR's `normalize_before`), otherwise after the residual (post-norm, DETR's default).
+    Returns (hidden_states, attention weights)."""
 
     def __init__(self, hidden_size, num_heads, ffn_size, dropout=0.1, activation="relu", pre_norm=False, config=None):
         super().__init__()
@@ -179,18 +185,19 @@ class DetrEncoderLayer(nn.Module):
         if self.pre_norm:
             normed = self.norm1(hidden_states)
             query = _with_position(normed, position_embeddings)
-            hidden_states = hidden_states + self.dropout(self.self_attn(query, query, normed, attention_mask)[0])
-            return hidden_states + self._feed_forward(self.norm2(hidden_states))
+            attended, weights = self.self_attn(query, query, normed, attention_mask)
+            hidden_states = hidden_states + self.dropout(attended)
+            return hidden_states + self._feed_forward(self.norm2(hidden_states)), weights
         query = _with_position(hidden_states, position_embeddings)
-        hidden_states = self.norm1(
-            hidden_states + self.dropout(self.self_attn(query, query, hidden_states, attention_mask)[0])
-        )
-        return self.norm2(hidden_states + self._feed_forward(hidden_states))
+        attended, weights = self.self_attn(query, query, hidden_states, attention_mask)
+        hidden_states = self.norm1(hidden_states + self.dropout(attended))
+        return self.norm2(hidden_states + self._feed_forward(hidden_states)), weights
 
 
-class DetrDecoderLayer(nn.Module):
+class DetrDecoderLayer(GradientCheckpointingLayer):
     """Self-attention over the queries, cross-attention to the memory, feed-forward. `query_position_embeddings`
-    are added to the queries (and self-attention keys), `position_embeddings` to the memory keys."""
+    are added to the queries (and self-attention keys), `position_embeddings` to the memory keys.
+    Returns (hidden_states, self-attention weights, cross-attention weights)."""
 
     def __init__(self, hidden_size, num_heads, ffn_size, dropout=0.1, activation="relu", pre_norm=False, config=None):
         super().__init__()
@@ -215,32 +222,32 @@ class DetrDecoderLayer(nn.Module):
         memory_mask=None,
         position_embeddings=None,
         query_position_embeddings=None,
-        attention_mask=None,
     ):
         memory_keys = _with_position(memory, position_embeddings)
         if self.pre_norm:
             normed = self.norm1(hidden_states)
             query = _with_position(normed, query_position_embeddings)
-            hidden_states = hidden_states + self.dropout(self.self_attn(query, query, normed, attention_mask)[0])
-            normed = self.norm2(hidden_states)
-            attended = self.multihead_attn(
-                _with_position(normed, query_position_embeddings), memory_keys, memory, memory_mask
-            )[0]
+            attended, self_weights = self.self_attn(query, query, normed)
             hidden_states = hidden_states + self.dropout(attended)
-            return hidden_states + self._feed_forward(self.norm3(hidden_states))
+            normed = self.norm2(hidden_states)
+            attended, cross_weights = self.multihead_attn(
+                _with_position(normed, query_position_embeddings), memory_keys, memory, memory_mask
+            )
+            hidden_states = hidden_states + self.dropout(attended)
+            return hidden_states + self._feed_forward(self.norm3(hidden_states)), self_weights, cross_weights
         query = _with_position(hidden_states, query_position_embeddings)
-        hidden_states = self.norm1(
-            hidden_states + self.dropout(self.self_attn(query, query, hidden_states, attention_mask)[0])
-        )
-        attended = self.multihead_attn(
+        attended, self_weights = self.self_attn(query, query, hidden_states)
+        hidden_states = self.norm1(hidden_states + self.dropout(attended))
+        attended, cross_weights = self.multihead_attn(
             _with_position(hidden_states, query_position_embeddings), memory_keys, memory, memory_mask
-        )[0]
+        )
         hidden_states = self.norm2(hidden_states + self.dropout(attended))
-        return self.norm3(hidden_states + self._feed_forward(hidden_states))
+        return self.norm3(hidden_states + self._feed_forward(hidden_states)), self_weights, cross_weights
 
 
 class DetrEncoder(nn.Module):
-    """`num_layers` encoder layers (`layers.N`); a final LayerNorm (`norm`) only with `pre_norm`, as DETR."""
+    """`num_layers` encoder layers (`layers.N`); a final LayerNorm (`norm`) only with `pre_norm`, as DETR.
+    Returns a `BaseModelOutput` (`hidden_states`: the input and every layer's output, when asked)."""
 
     def __init__(
         self, num_layers, hidden_size, num_heads, ffn_size, dropout=0.1, activation="relu", pre_norm=False, config=None
@@ -252,16 +259,48 @@ class DetrEncoder(nn.Module):
         )
         self.norm = nn.LayerNorm(hidden_size) if pre_norm else None
 
-    def forward(self, hidden_states, attention_mask=None, position_embeddings=None):
+    def forward(
+        self,
+        hidden_states,
+        attention_mask=None,
+        position_embeddings=None,
+        output_hidden_states=False,
+        output_attentions=False,
+    ):
+        all_hidden, all_attentions = [], []
         for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_mask, position_embeddings)
-        return hidden_states if self.norm is None else self.norm(hidden_states)
+            if output_hidden_states:
+                all_hidden.append(hidden_states)
+            # tensors positionally: reentrant gradient checkpointing sees only positional inputs
+            hidden_states, weights = layer(hidden_states, attention_mask, position_embeddings)
+            if output_attentions:
+                all_attentions.append(weights)
+        if self.norm is not None:
+            hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden.append(hidden_states)
+        return BaseModelOutput(
+            last_hidden_state=hidden_states,
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
+        )
+
+
+@dataclass
+class DetrDecoderOutput(ModelOutput):
+    """`intermediate_hidden_states` (num_layers, B, Q, D): every layer's output after the final LayerNorm (the last
+    entry is the decoder's output); `hidden_states` (when asked): the queries' input and every layer's raw output;
+    `attentions` / `cross_attentions` (when asked): per layer."""
+
+    intermediate_hidden_states: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
 
 
 class DetrDecoder(nn.Module):
-    """`num_layers` decoder layers (`layers.N`) and a final LayerNorm (`norm`) applied to EVERY layer's output:
-    `forward` returns (num_layers, B, Q, D), the last entry being the decoder's output (DETR's
-    `return_intermediate`, which feeds the auxiliary losses)."""
+    """`num_layers` decoder layers (`layers.N`) and a final LayerNorm (`norm`) applied to EVERY layer's output
+    (DETR's `return_intermediate`, which feeds the auxiliary losses)."""
 
     def __init__(
         self, num_layers, hidden_size, num_heads, ffn_size, dropout=0.1, activation="relu", pre_norm=False, config=None
@@ -274,13 +313,34 @@ class DetrDecoder(nn.Module):
         self.norm = nn.LayerNorm(hidden_size)
 
     def forward(
-        self, hidden_states, memory, memory_mask=None, position_embeddings=None, query_position_embeddings=None
+        self,
+        hidden_states,
+        memory,
+        memory_mask=None,
+        position_embeddings=None,
+        query_position_embeddings=None,
+        output_hidden_states=False,
+        output_attentions=False,
     ):
-        intermediate = []
+        intermediate, all_hidden, self_attentions, cross_attentions = [], [], [], []
         for layer in self.layers:
-            hidden_states = layer(hidden_states, memory, memory_mask, position_embeddings, query_position_embeddings)
+            if output_hidden_states:
+                all_hidden.append(hidden_states)
+            hidden_states, self_weights, cross_weights = layer(
+                hidden_states, memory, memory_mask, position_embeddings, query_position_embeddings
+            )
             intermediate.append(self.norm(hidden_states))
-        return torch.stack(intermediate)
+            if output_attentions:
+                self_attentions.append(self_weights)
+                cross_attentions.append(cross_weights)
+        if output_hidden_states:
+            all_hidden.append(hidden_states)
+        return DetrDecoderOutput(
+            intermediate_hidden_states=torch.stack(intermediate),
+            hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            attentions=tuple(self_attentions) if output_attentions else None,
+            cross_attentions=tuple(cross_attentions) if output_attentions else None,
+        )
 
 
 class MLP(nn.Module):
