@@ -455,6 +455,10 @@ OUTPUT_FIELDS = {
     ("blip", "vqa"): BLIP_FIELDS,
     ("blip", "retrieval"): SINGLE_STREAM,  # the ViT's layers (transformers' output)
     ("blip", "captioning"): SINGLE_STREAM,
+    "unit": (
+        ("encoder_hidden_states", "text_hidden_states", "decoder_hidden_states"),
+        ("encoder_attentions", "text_attentions", "decoder_attentions", "cross_attentions"),
+    ),
 }
 
 
