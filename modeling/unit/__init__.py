@@ -46,6 +46,7 @@ SPECS = (
             num_heads=4,
             ffn_size=128,
             max_task_num=8,
+            max_image_task_num=8,
             initializer_range=0.08,
         ),
         # BERT's attention projections, the DETR layers' output projections and feed-forwards (their packed
@@ -69,6 +70,7 @@ _EXPORTS = {
         "UnitMultiTaskOutput",
         "UnitPreTrainedModel",
     ),
+    ".sampling_unit": ("UnitMultiTaskBatchSampler", "UnitMultiTaskTrainer", "collate_unit_batch"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = ["SPECS", *sorted(name for names in _EXPORTS.values() for name in names)]

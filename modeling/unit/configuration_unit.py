@@ -82,7 +82,8 @@ def normalize_task(name, spec, max_task_num):
             )
     if spec["task_index"] >= max_task_num:
         raise ValueError(
-            f"`tasks[{name!r}]['task_index']` {spec['task_index']} must be below `max_task_num` {max_task_num}."
+            f"`tasks[{name!r}]['task_index']` {spec['task_index']} must be below the task-embedding tables' rows "
+            f"{max_task_num} (`max_task_num`, `max_image_task_num`)."
         )
     return spec
 
@@ -104,8 +105,9 @@ class UnitConfig(PreTrainedConfig):
             ("cross_entropy" or "binary_cross_entropy_with_logits"), `keep_only_cls` (only the [CLS] state of the
             text enters the decoder; default True for glue, False for vl) and `scale_loss_by_num_labels` (MMF
             multiplies VQA v2's mean BCE by the answer count).
-        use_task_embedding_in_img_encoder / use_task_embedding_in_lang_encoder: prepend the task's embedding (a
-            `max_task_num`-row table) to the image encoder input / the BERT input, removed after the encoder.
+        use_task_embedding_in_img_encoder / use_task_embedding_in_lang_encoder: prepend the task's embedding to the
+            image encoder input / the BERT input, removed after the encoder. The tables have `max_image_task_num`
+            rows (MMF hard-codes 256) and `max_task_num` rows (MMF's `max_task_num`).
         set_cost_class, set_cost_bbox, set_cost_giou: Hungarian matching costs; `class_cost_log_softmax`: MMF's
             `use_bcl` matching cost on log-probabilities (its balanced class loss is not implemented).
         bbox_loss_coef, giou_loss_coef, attribute_loss_coef, eos_coef, aux_loss, detection_loss_weight: the set
@@ -140,6 +142,7 @@ class UnitConfig(PreTrainedConfig):
     use_task_embedding_in_img_encoder: bool = True
     use_task_embedding_in_lang_encoder: bool = True
     max_task_num: int = 256
+    max_image_task_num: int = 256
     set_cost_class: float | int = 1.0
     set_cost_bbox: float | int = 5.0
     set_cost_giou: float | int = 2.0
@@ -165,7 +168,10 @@ class UnitConfig(PreTrainedConfig):
         tasks = copy.deepcopy(DEFAULT_TASKS if self.tasks is None else self.tasks)
         if not isinstance(tasks, dict) or not tasks:
             raise ValueError(f"`tasks` must be a non-empty dict of dataset name -> task spec, got {self.tasks!r}.")
-        self.tasks = {name: normalize_task(name, spec, self.max_task_num) for name, spec in tasks.items()}
+        self.tasks = {
+            name: normalize_task(name, spec, min(self.max_task_num, self.max_image_task_num))
+            for name, spec in tasks.items()
+        }
         if self.encoder_hidden_size % 4:
             raise ValueError(
                 f"`encoder_hidden_size` must be a multiple of 4 (sine positions), got {self.encoder_hidden_size}."

@@ -171,7 +171,7 @@ class UnitModel(UnitPreTrainedModel):
         else:
             self.enc2dec_proj = self.pos_embed_proj = None
         self.task_embeddings_enc = (
-            nn.Embedding(config.max_task_num, config.encoder_hidden_size)
+            nn.Embedding(config.max_image_task_num, config.encoder_hidden_size)
             if config.use_task_embedding_in_img_encoder
             else None
         )
