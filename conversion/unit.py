@@ -343,3 +343,12 @@ def fixture_outputs(model, fixture_dir):
             if key.split(".")[0] not in model.config.tasks:
                 outputs[key] = Skipped("dataset not in the converted model's config")
     return outputs
+
+
+def build_processor(checkpoint, config=None, tokenizer=None):
+    """UniT's image preprocessing at evaluation (DETR's): shorter side 800, longer side at most 1333, ImageNet
+    mean / std, zero padding with a pixel mask. The text side is bert-base-uncased WordPiece, which the checkpoint
+    does not carry: tokenize with that vocabulary (`tokenizer` is accepted for the CLI and not read)."""
+    from hf_vlp.processing.cnn_images import CnnImageProcessor
+
+    return CnnImageProcessor(shortest_edge=800, longest_edge=1333)
