@@ -458,6 +458,10 @@ OUTPUT_FIELDS = {
     ("blip", "retrieval"): SINGLE_STREAM,  # the ViT's layers (transformers' output)
     ("blip", "captioning"): SINGLE_STREAM,
     ("blip", "nlvr2"): SINGLE_STREAM,  # the text encoder's layers
+    "unit": (
+        ("encoder_hidden_states", "text_hidden_states", "decoder_hidden_states"),
+        ("encoder_attentions", "text_attentions", "decoder_attentions", "cross_attentions"),
+    ),
 }
 
 
