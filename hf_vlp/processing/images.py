@@ -273,6 +273,53 @@ def load_detector(class_path: str, name_or_path, **kwargs):
     return cls.from_pretrained(name_or_path, **kwargs)
 
 
+def load_detector_from_folder(path, detector_class: str | None = None):
+    """A detector from a folder: `detector_class.from_pretrained(path)` when the class is named; else the detector
+    of a saved region processor (its config names the class, the weights are in `detector/` or
+    `detector_name_or_path`); else a model folder whose `config.json` `model_type` is a registered hf_vlp
+    architecture (its base head class) or an Auto model."""
+    import json
+
+    folder = Path(path).expanduser()
+    if detector_class is not None:
+        return load_detector(detector_class, str(folder))
+    if not folder.is_dir():
+        raise ValueError(f"--detector {str(path)!r} is not a folder")
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        config_file = folder / name
+        if config_file.is_file():
+            config = json.loads(config_file.read_text())
+            config = config.get("image_processor", config)
+            if config.get("detector_class"):
+                source = config.get("detector_name_or_path") or str(folder / "detector")
+                return load_detector(config["detector_class"], source)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ValueError(
+            f"--detector {str(path)!r} holds neither a processor with a detector nor a model config.json"
+        )
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    from ..registry import ARCHITECTURES
+
+    spec = next((s for s in ARCHITECTURES.values() if s.model_type == model_type), None)
+    if spec is not None:
+        detector = resolve_head(spec).from_pretrained(str(folder))
+    else:
+        from transformers import AutoModel
+
+        detector = AutoModel.from_pretrained(str(folder))
+    if not is_detector(detector):
+        raise ValueError(f"the model in {str(path)!r} ({type(detector).__name__}) is not a detector (no extract_regions)")
+    return detector.eval() if hasattr(detector, "eval") else detector
+
+
+def resolve_head(spec):
+    """The class of an architecture's base head (or its first head)."""
+    from ..spec import Task
+
+    return spec.model_class(Task.BASE if Task.BASE in spec.heads else next(iter(spec.heads)))
+
+
 __all__ = [
     "BoxFeatureDetector",
     "detector_class_path",
@@ -281,6 +328,7 @@ __all__ = [
     "is_box_extractor",
     "is_detector",
     "load_detector",
+    "load_detector_from_folder",
     "load_image",
     "load_images",
     "register_detector_class",
