@@ -24,6 +24,8 @@ architectures only (another model under `image-to-text` is refused with a pointe
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 from transformers import AutoConfig
@@ -330,7 +332,8 @@ class ImageTextRetrievalPipeline(VisionLanguagePipeline):
             texts, image_index = [inputs["text"]] * len(images), list(range(len(images)))
         meta = {"texts": inputs.get("texts"), "count": len(texts)}
         if hasattr(self.model, "get_text_features") and hasattr(self.model, "get_image_features"):  # contrastive
-            batch = dict(self.processor(images=images, text=list(dict.fromkeys(texts)), padding=True, return_tensors="pt"))
+            queries = inputs["texts"] if "texts" in inputs else [inputs["text"]]  # each text and image encoded once
+            batch = dict(self.processor(images=images, text=queries, padding=True, return_tensors="pt"))
             return {"batch": batch, "meta": {**meta, "contrastive": True}}
         if self.is_region_model:
             return {"batch": dict(self._region_batch(texts, self._regions(images), image_index)), "meta": meta}
@@ -338,6 +341,8 @@ class ImageTextRetrievalPipeline(VisionLanguagePipeline):
 
     def _forward(self, model_inputs):
         meta, batch = model_inputs["meta"], model_inputs["batch"]
+        if meta.get("contrastive") and "return_loss" in inspect.signature(self.model.forward).parameters:
+            batch = {**batch, "return_loss": False}  # hf_vlp's contrastive heads compute the loss by default
         outputs = self.model(**batch)
         if meta.get("contrastive"):
             per_image = _logits(outputs, "logits_per_image")  # (images, texts)
@@ -371,7 +376,8 @@ class VisualGroundingPipeline(VisionLanguagePipeline):
     whole-image region 0 the whole image is a candidate too, as in the original). A masked-LM head of a model CPT
     supports grounds by colourful prompting (`hf_vlp.cpt.ground`, zero-shot): the candidates are `boxes` or the
     detector's regions, and the features of the painted copies are pooled at the candidate boxes, which needs a
-    box-conditioned extractor (`extract(images, boxes)`) as the processor's detector.
+    box-conditioned extractor (`extract(images, boxes)`) as the processor's detector; the scores are the softmax
+    over the candidates of CPT's colour-word logits.
     """
 
     def __call__(self, image, expression=None, **kwargs):

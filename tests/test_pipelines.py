@@ -218,3 +218,99 @@ def test_a_model_without_a_head_for_the_task_is_refused(tmp_path, bert_tokenizer
     folder, _, _ = save_uniter(tmp_path, bert_tokenizer)
     with pytest.raises(ValueError, match="uniter has no head for 'image-to-text'"):
         pipeline("image-to-text", model=str(folder), device="cpu")
+
+
+def test_oscar_answers_and_captions_with_the_detected_object_tags(tmp_path, bert_tokenizer, photo_file):
+    from hf_vlp.modeling.oscar import (
+        OscarConfig,
+        OscarForConditionalGeneration,
+        OscarForVisualQuestionAnswering,
+        OscarProcessor,
+    )
+
+    config = OscarConfig(
+        vocab_size=len(bert_tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=64, visual_feat_dim=12, num_labels=len(ANSWERS),
+        id2label=dict(enumerate(ANSWERS)), label2id={a: i for i, a in enumerate(ANSWERS)},
+        pad_token_id=bert_tokenizer.pad_token_id, bos_token_id=bert_tokenizer.cls_token_id,
+        eos_token_id=bert_tokenizer.sep_token_id, mask_token_id=bert_tokenizer.mask_token_id,
+        caption_max_length=6, caption_tag_position_offset=8,
+    )  # fmt: skip
+    processor = OscarProcessor(RegionFeatureProcessor(), bert_tokenizer, detector=TinyConvDetector())
+    image = load_image(photo_file)
+    torch.manual_seed(0)
+    for head in (OscarForVisualQuestionAnswering, OscarForConditionalGeneration):
+        head(config).eval().save_pretrained(tmp_path / head.__name__)
+        processor.save_pretrained(tmp_path / head.__name__)
+    vqa = pipeline("visual-question-answering", model=str(tmp_path / "OscarForVisualQuestionAnswering"), device="cpu")
+    answers = vqa(photo_file, "what is it?", top_k=2)
+    model = vqa.model
+    inputs = processor(text=["what is it?"], images=[image])  # tags = the detector's object names
+    assert (inputs["token_type_ids"] == 1).any()
+    with torch.no_grad():
+        best = model(**inputs).logits[0].sigmoid().topk(2)
+    assert [a["answer"] for a in answers] == [ANSWERS[i] for i in best.indices.tolist()]
+    caption = pipeline("image-to-text", model=str(tmp_path / "OscarForConditionalGeneration"), device="cpu")
+    generated = caption(photo_file, max_new_tokens=3)
+    with torch.no_grad():
+        sequences = caption.model.generate(**processor(images=[image]), max_new_tokens=3)
+    assert generated == [{"generated_text": bert_tokenizer.decode(sequences[0], skip_special_tokens=True).strip()}]
+
+
+def test_cpt_grounds_with_a_masked_lm_head_among_given_or_detected_boxes(tmp_path, bert_tokenizer, photo_file):
+    from hf_vlp import cpt
+    from hf_vlp.modeling.uniter import UniterForPreTraining, UniterProcessor
+
+    torch.manual_seed(0)
+    model = UniterForPreTraining(uniter_config(bert_tokenizer, num_region_classes=5, max_position_embeddings=80))
+    model.eval().save_pretrained(tmp_path / "mlm")
+    detector = TinyConvDetector()
+    UniterProcessor(RegionFeatureProcessor(), bert_tokenizer, detector=detector).save_pretrained(tmp_path / "mlm")
+    ground = pipeline("visual-grounding", model=str(tmp_path / "mlm"), device="cpu")
+    assert type(ground.model) is UniterForPreTraining
+    boxes = [[0, 0, 20, 30], [20, 0, 40, 30], [10, 5, 30, 25]]
+    ranked = ground(photo_file, "the red thing", boxes=boxes)
+    direct = cpt.ground(
+        ground.model, cpt.CptProcessor(bert_tokenizer), load_image(photo_file), np.asarray(boxes, np.float64),
+        "the red thing", ground.processor.detector, box_format="xyxy",
+    )  # fmt: skip
+    assert ranked[0]["index"] == direct.best_index
+    np.testing.assert_allclose(
+        [r["score"] for r in sorted(ranked, key=lambda r: r["index"])], direct.scores.softmax(-1).tolist(), rtol=1e-5
+    )
+    assert len(ground(photo_file, "the red thing")) == 5  # the detector's regions as candidates
+
+
+def test_contrastive_retrieval_ranks_by_clip_similarity(tmp_path, photo_file):
+    import gzip
+
+    from transformers import CLIPConfig
+
+    from hf_vlp.modeling.clip import CLIPForPreTraining, build_clip_processor
+
+    bpe = tmp_path / "bpe.txt.gz"
+    with gzip.open(bpe, "wt", encoding="utf-8") as handle:  # the original file format: a header, then merges
+        handle.write("#version: 0.2\n" + "\n".join(["t h", "th e</w>", "c a", "ca t</w>", "d o", "do g</w>"]) + "\n")
+    processor = build_clip_processor(bpe, image_size=16, context_length=8)
+    vocab = len(processor.tokenizer)
+    text = dict(
+        vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=8, eos_token_id=vocab - 1, bos_token_id=vocab - 2, pad_token_id=0,
+    )  # fmt: skip
+    vision = dict(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=8
+    )
+    torch.manual_seed(0)
+    model = CLIPForPreTraining(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).eval()
+    model.save_pretrained(tmp_path / "clip")
+    processor.save_pretrained(tmp_path / "clip")
+    retrieve = pipeline("image-text-retrieval", model=str(tmp_path / "clip"), device="cpu")
+    texts = ["the cat", "the dog", "a cat the dog"]
+    ranked = retrieve(photo_file, texts=texts)
+    with torch.no_grad():
+        batch = processor(images=[load_image(photo_file)], text=texts)
+        similarity = model(**batch, return_loss=False).logits_per_image[0]
+    assert [r["text"] for r in ranked] == [texts[i] for i in similarity.argsort(descending=True).tolist()]
+    np.testing.assert_allclose(sorted(r["score"] for r in ranked), sorted(similarity.tolist()), rtol=1e-5)
+    by_text = retrieve("the cat", images=[photo_file, photo(1, size=(16, 16))])
+    assert sorted(r["image_index"] for r in by_text) == [0, 1]
