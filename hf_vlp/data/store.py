@@ -123,7 +123,7 @@ class FeatureStore:
         self._rows = {image_id: row for row, image_id in enumerate(ids)}
         if len(self._rows) != len(ids):
             raise ValueError(f"feature store {str(self.path)!r} holds duplicate image ids")
-        self._numpy = self.dataset.with_format("numpy")
+        self._columns = {}  # name -> (chunks, first row of each chunk), read straight from the mapped Arrow data
 
     @property
     def features_schema(self):
@@ -158,7 +158,29 @@ class FeatureStore:
         return self._rows[key]
 
     def __getitem__(self, image_id) -> dict:
-        return self._numpy[self.row_of(image_id)]
+        """The image's row: numpy arrays (`features` (R, D) float32, `boxes` (R, 4), ...) and ints, copied out of
+        the memory-mapped store (a few hundred KB for a 36x2048 image; the store itself is never copied)."""
+        row = self.row_of(image_id)
+        return {name: self._value(name, row) for name in self.dataset.column_names}
+
+    def _value(self, name, row):
+        # pyarrow directly: ~30 us per 36x2048 row, where datasets' numpy formatting takes ~4 ms
+        if name not in self._columns:
+            chunks = self.dataset.data.table.column(name).chunks
+            starts = np.cumsum([0] + [len(chunk) for chunk in chunks])
+            self._columns[name] = (chunks, starts)
+        chunks, starts = self._columns[name]
+        index = int(np.searchsorted(starts, row, side="right")) - 1
+        array = chunks[index]
+        array = getattr(array, "storage", array)  # datasets' Array2D extension type wraps a list<list<...>>
+        value = array[row - int(starts[index])]
+        if not hasattr(value, "values"):  # a scalar column (id, width, height)
+            return value.as_py()
+        values = value.values
+        if hasattr(values, "flatten") and hasattr(values.type, "value_type"):  # (R, width) matrix
+            width = self.dataset.features[name].shape[1]
+            return np.array(values.flatten().to_numpy(zero_copy_only=False)).reshape(-1, width)
+        return np.array(values.to_numpy(zero_copy_only=False))
 
     def missing(self, image_ids: Iterable) -> list:
         """The ids of `image_ids` the store lacks (each once, in order)."""
