@@ -252,8 +252,10 @@ def main(argv=None):
         "--id_pattern", default=None, help="regex whose first group is the image id in the file name (default: stem)"
     )
     extract.add_argument(
-        "--keep", default="", help="optional detector outputs to store, comma-separated: normalized_boxes,"
-        "class_probs,object_ids,attribute_ids"
+        "--keep",
+        default="",
+        help="optional detector outputs to store, comma-separated: normalized_boxes,"
+        "class_probs,object_ids,attribute_ids",
     )
     extract.add_argument("--detector_class", default=None, help="dotted class path when DIR does not name it")
     extract.add_argument("--no_progress", action="store_true", help="no progress bar")

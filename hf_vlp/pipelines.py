@@ -31,7 +31,7 @@ import torch
 from transformers import AutoConfig
 from transformers.pipelines.base import Pipeline
 
-from .processing.images import detector_feature_dim, detector_name, is_box_extractor, is_detector, load_image
+from .processing.images import detector_name, is_box_extractor, is_detector, load_image
 from .spec import InputKind, Task
 
 # pipeline task -> (the heads it runs, aliases)
@@ -97,7 +97,9 @@ def _loader(pipeline_task):
         def from_pretrained(cls, name_or_path, **kwargs):
             hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
             config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
-            _, _, model_class = _head_for(config, tasks, pipeline_task, fallback_cpt=pipeline_task == "visual-grounding")
+            _, _, model_class = _head_for(
+                config, tasks, pipeline_task, fallback_cpt=pipeline_task == "visual-grounding"
+            )
             return model_class.from_pretrained(name_or_path, **kwargs)
 
     HeadLoader.__name__ = HeadLoader.__qualname__ = "HfVlp" + "".join(w.title() for w in pipeline_task.split("-"))
@@ -308,7 +310,9 @@ class ImageTextRetrievalPipeline(VisionLanguagePipeline):
 
     def __call__(self, query, texts=None, images=None, **kwargs):
         if (texts is None) == (images is None):
-            raise ValueError("pass `texts=[...]` to rank texts for an image, or `images=[...]` to rank images for a text")
+            raise ValueError(
+                "pass `texts=[...]` to rank texts for an image, or `images=[...]` to rank images for a text"
+            )
         if texts is not None:
             if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
                 raise ValueError("`texts` must be a non-empty list of strings")

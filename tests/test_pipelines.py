@@ -151,10 +151,17 @@ def test_blip_vqa_ranks_candidate_answers_and_generates_without_them(tmp_path, p
     # the best candidate is the one the model's own ranking picks
     inputs = processor(images=load_image(photo_file), text="what colour is it?", return_tensors="pt")
     candidates = processor.tokenizer(["red", "blue", "a dog"], padding="longest", return_tensors="pt")
-    ids = candidates["input_ids"].masked_fill(candidates["input_ids"] == processor.tokenizer.sep_token_id, model.config.text_config.eos_token_id)
+    ids = candidates["input_ids"].masked_fill(
+        candidates["input_ids"] == processor.tokenizer.sep_token_id, model.config.text_config.eos_token_id
+    )
     with torch.no_grad():
         ranking = model.rank_answers(
-            inputs["input_ids"], inputs["pixel_values"], ids, candidates["attention_mask"], inputs["attention_mask"], k=3
+            inputs["input_ids"],
+            inputs["pixel_values"],
+            ids,
+            candidates["attention_mask"],
+            inputs["attention_mask"],
+            k=3,
         )
     assert ranked[0]["answer"] == ["red", "blue", "a dog"][int(ranking.answer_index[0])]
     generated = vqa(photo_file, "what colour is it?", top_k=2, max_new_tokens=3)

@@ -181,7 +181,9 @@ def test_images_without_a_detector_are_an_error_never_dropped(bert_tokenizer):
     with pytest.raises(ValueError, match="need a detector"):
         processor(text="a question", images=photo())
     with pytest.raises(ValueError, match="not both"):
-        processor(images=photo(), visual_feats=[np.zeros((1, 12))], boxes=[np.zeros((1, 4))], detector=TinyConvDetector())
+        processor(
+            images=photo(), visual_feats=[np.zeros((1, 12))], boxes=[np.zeros((1, 4))], detector=TinyConvDetector()
+        )
 
 
 def test_a_detector_of_another_feature_size_is_an_error_naming_both_sizes(bert_tokenizer):
@@ -240,7 +242,9 @@ def test_given_boxes_are_pooled_by_a_box_conditioned_extractor(bert_tokenizer):
     batch = processor(text="q", images=image, boxes=boxes, detector=detector)
     features = detector.extract([image], boxes)[0]
     torch.testing.assert_close(batch["visual_feats"][0], torch.from_numpy(features))
-    torch.testing.assert_close(batch["visual_pos"][0], torch.from_numpy(boxes[0] / np.array([24, 16, 24, 16], np.float32)))
+    torch.testing.assert_close(
+        batch["visual_pos"][0], torch.from_numpy(boxes[0] / np.array([24, 16, 24, 16], np.float32))
+    )
 
     class OnlyDetects:  # proposes its own regions, cannot pool given ones
         feature_dim, detector_name = 12, "only-detects"

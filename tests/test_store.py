@@ -77,7 +77,9 @@ def test_extraction_resumes_and_never_leaves_a_half_shard(tmp_path):
     images = tmp_path / "images"
     write_photos(images, [f"{i}.png" for i in range(5)])
     with pytest.raises(RuntimeError, match="interrupted"):
-        extract_to_store(CountingDetector(fail_at=3), images, tmp_path / "s", batch_size=1, shard_size=2, progress=False)
+        extract_to_store(
+            CountingDetector(fail_at=3), images, tmp_path / "s", batch_size=1, shard_size=2, progress=False
+        )
     assert sorted(p.name for p in (tmp_path / "s").glob("*.arrow*")) == ["part-00000.arrow"]  # 2 images
     detector = CountingDetector()
     store = extract_to_store(detector, images, tmp_path / "s", batch_size=2, shard_size=2, progress=False)

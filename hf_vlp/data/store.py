@@ -110,7 +110,9 @@ class FeatureStore:
         self.path = Path(path)
         meta_file = self.path / "store.json"
         if not meta_file.is_file():
-            raise ValueError(f"{str(self.path)!r} is not a feature store (no store.json); write one with hf-vlp extract")
+            raise ValueError(
+                f"{str(self.path)!r} is not a feature store (no store.json); write one with hf-vlp extract"
+            )
         self.meta = json.loads(meta_file.read_text())
         shards = sorted(self.path.glob("part-*.arrow"))
         if shards:

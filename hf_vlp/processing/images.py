@@ -162,7 +162,9 @@ def run_detector(detector, images: list) -> list[dict]:
     regions = detector.extract_regions(images)
     if not isinstance(regions, (list, tuple)) or len(regions) != len(images):
         count = len(regions) if isinstance(regions, (list, tuple)) else type(regions).__name__
-        raise ValueError(f"{detector_name(detector)}.extract_regions returned {count} results for {len(images)} images.")
+        raise ValueError(
+            f"{detector_name(detector)}.extract_regions returned {count} results for {len(images)} images."
+        )
     checked = []
     for index, (image, region) in enumerate(zip(images, regions)):
         missing = [key for key in REQUIRED_REGION_KEYS if key not in region]
@@ -295,9 +297,7 @@ def load_detector_from_folder(path, detector_class: str | None = None):
                 return load_detector(config["detector_class"], source)
     config_file = folder / "config.json"
     if not config_file.is_file():
-        raise ValueError(
-            f"--detector {str(path)!r} holds neither a processor with a detector nor a model config.json"
-        )
+        raise ValueError(f"--detector {str(path)!r} holds neither a processor with a detector nor a model config.json")
     model_type = json.loads(config_file.read_text()).get("model_type")
     from ..registry import ARCHITECTURES
 
@@ -309,7 +309,9 @@ def load_detector_from_folder(path, detector_class: str | None = None):
 
         detector = AutoModel.from_pretrained(str(folder))
     if not is_detector(detector):
-        raise ValueError(f"the model in {str(path)!r} ({type(detector).__name__}) is not a detector (no extract_regions)")
+        raise ValueError(
+            f"the model in {str(path)!r} ({type(detector).__name__}) is not a detector (no extract_regions)"
+        )
     return detector.eval() if hasattr(detector, "eval") else detector
 
 
