@@ -186,7 +186,9 @@ class RegionTextProcessor(ProcessorMixin):
         With `images`, `boxes` are optional: given, the detector must pool given boxes (`extract(images, boxes)`)."""
         visual_feats, boxes, image_sizes, _ = self._region_inputs(images, visual_feats, boxes, image_sizes, detector)
         if text is None and visual_feats is None and boxes is None:
-            raise ValueError("nothing to process: pass `text`, `images`, `visual_feats` with `boxes`, or both.")
+            raise ValueError(
+                "nothing to process: pass `text`, `visual_feats` with `boxes`, or both (or `images` with a detector)."
+            )
         if visual_feats is None and boxes is None and (image_sizes is not None or region_fields):
             given = (["image_sizes"] if image_sizes is not None else []) + sorted(region_fields)
             raise ValueError(f"{', '.join(f'`{name}`' for name in given)} given without `visual_feats` and `boxes`.")
