@@ -3,7 +3,9 @@
 Takes per-image detector outputs — features (N_i, D) and boxes (N_i, 4) `x1, y1, x2, y2` in pixels with the image
 size, or already normalized to [0, 1] — and returns padded `visual_feats` (B, R, D), `visual_pos` (B, R, 4)
 normalized boxes and `visual_attention_mask` (B, R), the inputs every hf_vlp region model takes (docs/design.md,
-"Input vocabulary").
+"Input vocabulary"). Its saved config also records the features the model expects (`feature_dim`, `detector_name`,
+`max_regions`) and how to rebuild the detector saved with the processor; images become region features in
+`RegionTextProcessor` (hf_vlp/processing/vl_processor.py).
 """
 
 import numpy as np
