@@ -1,4 +1,4 @@
-"""`hf-vlp`: convert | train | eval | demo | bench | push | cpt."""
+"""`hf-vlp`: convert | train | eval | demo | bench | extract | push | cpt."""
 
 import argparse
 import sys
@@ -120,6 +120,26 @@ def _bench(args):
     return 0
 
 
+def _extract(args):
+    from .data.store import extract_to_store
+    from .processing.images import load_detector_from_folder
+
+    detector = load_detector_from_folder(args.detector, args.detector_class)
+    keep = [name for name in (args.keep or "").split(",") if name]
+    store = extract_to_store(
+        detector,
+        args.images,
+        args.output,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        id_pattern=args.id_pattern,
+        keep=keep,
+        progress=not args.no_progress,
+    )
+    print(f"{len(store)} images ({store.feature_dim}-d features of {store.detector_name}) in {args.output}")
+    return 0
+
+
 def _push(args):
     from .hub import push_folder
 
@@ -220,6 +240,26 @@ def main(argv=None):
     )
     bench.add_argument("--task", default=None, help="head to time (default: the architecture's bench task)")
 
+    extract = commands.add_parser(
+        "extract", help="run a region detector over images into a memory-mapped feature store (resumable)"
+    )
+    extract.add_argument("--detector", required=True, metavar="DIR", help="a detector folder, or a processor with one")
+    extract.add_argument("--images", required=True, metavar="DIR|GLOB", help="an image folder or a glob pattern")
+    extract.add_argument("--output", required=True, metavar="STORE", help="the store folder (created or resumed)")
+    extract.add_argument("--batch_size", type=int, default=8, help="images per detector call")
+    extract.add_argument("--shard_size", type=int, default=1000, help="images per Arrow shard")
+    extract.add_argument(
+        "--id_pattern", default=None, help="regex whose first group is the image id in the file name (default: stem)"
+    )
+    extract.add_argument(
+        "--keep",
+        default="",
+        help="optional detector outputs to store, comma-separated: normalized_boxes,"
+        "class_probs,object_ids,attribute_ids",
+    )
+    extract.add_argument("--detector_class", default=None, help="dotted class path when DIR does not name it")
+    extract.add_argument("--no_progress", action="store_true", help="no progress bar")
+
     push = commands.add_parser(
         "push", help="push a saved model folder to the Hub as it is (after checking that it loads)"
     )
@@ -258,7 +298,14 @@ def main(argv=None):
             raise ValueError(f"--model {model}: no such folder")
         if args.command == "train":
             return _train(args, rest)
-        handlers = {"convert": _convert, "eval": _eval, "demo": _demo, "bench": _bench, "push": _push}
+        handlers = {
+            "convert": _convert,
+            "eval": _eval,
+            "demo": _demo,
+            "bench": _bench,
+            "push": _push,
+            "extract": _extract,
+        }
         if args.command in handlers:
             return handlers[args.command](args)
         return args.run(args) if hasattr(args, "run") else parser.error(f"unknown command {args.command}")

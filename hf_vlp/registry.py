@@ -8,6 +8,9 @@ first lookup, in the spirit of transformers' own `_LazyModule`:
 * AutoConfig learns hf_vlp's own model types (uniter, vilbert, ernie_vil, oscar, clip_resnet, vit_representation);
 * each head's `Head.auto_classes` are added (an Auto class resolves the config to the hf_vlp head), always where
   transformers has no mapping of its own for the model type, so no call that worked before returns another class;
+* transformers' pipeline registry learns hf_vlp's pipeline tasks (`visual-question-answering`,
+  `image-text-retrieval`, `visual-grounding`, `image-to-text`: hf_vlp/pipelines.py) when `transformers.pipelines`
+  is imported;
 * `use_hf_vlp_classes_for_transformers_models()` is the one opt-in that makes transformers' Auto classes return
   hf_vlp's fixed subclasses for transformers' own model types (`Head.opt_in_auto_classes`).
 
@@ -243,11 +246,20 @@ def _register_image_processors(image_processing_auto, specs):
             _lazy_extra_content(mapping).add(spec.config, {"pil": _ClassRef(spec.image_processor)})
 
 
+def _register_pipelines(pipelines_module, specs):
+    """transformers' pipeline registry: hf_vlp's pipeline tasks (hf_vlp.pipelines; per task, not per spec: the
+    pipelines find the head of any registered architecture when they load a model)."""
+    from .pipelines import register_pipelines
+
+    register_pipelines(pipelines_module)
+
+
 _AUTO_MODULES = {
     "transformers.models.auto.configuration_auto": _register_configs,
     "transformers.models.auto.modeling_auto": _register_models,
     "transformers.models.auto.processing_auto": _register_processors,
     "transformers.models.auto.image_processing_auto": _register_image_processors,
+    "transformers.pipelines": _register_pipelines,
 }
 
 

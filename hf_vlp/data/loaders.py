@@ -1,8 +1,11 @@
 """Loaders from the annotation formats people have to `datasets.Dataset`s: COCO captions and VQA v2.
 
-Region features come from files read by `hf_vlp.processing.readers` (bottom-up-attention TSV, per-image NPZ);
-pass them as `region_features=` and every row gains `boxes`, `region_features`, `image_width`, `image_height`,
-the columns `RegionFeatureProcessor` and the collators read (the same as the shapes world's).
+Region features come from a feature store (`hf_vlp.data.store.FeatureStore`, written by `hf-vlp extract`) or from
+files read by `hf_vlp.processing.readers` (bottom-up-attention TSV, per-image NPZ); pass them as `region_features=`
+and every row gains `boxes`, `region_features`, `image_width`, `image_height`, the columns `RegionFeatureProcessor`
+and the collators read (the same as the shapes world's). With a store (or its path) the rows hold image ids only and
+the features are read from the memory-mapped store when a row is accessed: one copy per image, however many
+questions; reader dicts are copied into every row (fine for small sets, ~130 GB for VQA v2 train).
 
 VQA soft scores follow the official evaluation (Antol et al. 2015; Goyal et al. 2017): the accuracy of answer `a`
 is min(1, #humans who said `a` / 3), averaged over the 10 leave-one-annotator-out subsets of the 10 answers. For
@@ -140,6 +143,30 @@ def _require(entry: dict, keys: tuple[str, ...], where: str) -> None:
         raise ValueError(f"{where} is missing {missing}: {json.dumps(entry)[:200]}")
 
 
+def _as_store(region_features):
+    """A `FeatureStore` for a store or a store's path; None for reader dicts."""
+    from .store import FeatureStore
+
+    if isinstance(region_features, FeatureStore):
+        return region_features
+    if isinstance(region_features, (str, os.PathLike)):
+        return FeatureStore(region_features)
+    return None
+
+
+def _dataset(columns: dict, features: dict, region_features) -> datasets.Dataset:
+    """The loader's dataset: region columns copied in from reader dicts, or read by id from a feature store."""
+    store = _as_store(region_features) if region_features is not None else None
+    if region_features is not None and store is None:
+        _attach_regions(columns, features, region_features)
+    dataset = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+    if store is not None:
+        from .store import with_region_features
+
+        dataset = with_region_features(dataset, store)
+    return dataset
+
+
 def _attach_regions(columns: dict, features: dict, region_features) -> None:
     """Add `boxes`, `region_features` (and sizes when missing) for each row's image, from reader dicts."""
     by_id = {
@@ -170,7 +197,7 @@ def load_coco_captions(
 
     Columns: `image_id`, `caption_id`, `text`, `file_name`, `image_width`, `image_height`; `image` (decoded
     lazily from `image_dir`/file_name) when `image_dir` is given; `boxes` + `region_features` when
-    `region_features` (reader dicts, a list or a mapping by image id) is given.
+    `region_features` (a `FeatureStore` or its path, or reader dicts, a list or a mapping by image id) is given.
     """
     image_entries, caption_entries = _read_json(annotations_file, ("images", "annotations"), "annotations_file")
     images = {}
@@ -205,9 +232,7 @@ def load_coco_captions(
             raise ValueError(f"image_dir={str(image_dir)!r} is not a directory")
         columns["image"] = [str(Path(image_dir) / name) for name in columns["file_name"]]
         features["image"] = datasets.Image()
-    if region_features is not None:
-        _attach_regions(columns, features, region_features)
-    return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+    return _dataset(columns, features, region_features)
 
 
 def load_vqa_v2(
@@ -224,7 +249,8 @@ def load_vqa_v2(
     `answer_scores` (soft scores, module docstring) over the answer vocabulary. The vocabulary is
     `answer_vocabulary`, or the `top_k` most frequent `answer`s of this file (pass the training vocabulary when
     loading validation); it travels with the dataset as the `answer_ids` ClassLabel names. Answers outside it
-    get no id, as in the bottom-up-attention preprocessing.
+    get no id, as in the bottom-up-attention preprocessing. `region_features`: a `FeatureStore` or its path (rows
+    keep ids; features read on access), or reader dicts (copied into each row).
     """
     columns = {"question_id": [], "image_id": [], "question": []}
     for entry in _read_json(questions_file, ("questions",), "questions_file"):
@@ -277,6 +303,4 @@ def load_vqa_v2(
             answer_ids=datasets.List(datasets.ClassLabel(names=vocabulary)),
             answer_scores=datasets.List(datasets.Value("float32")),
         )
-    if region_features is not None:
-        _attach_regions(columns, features, region_features)
-    return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+    return _dataset(columns, features, region_features)

@@ -3,7 +3,9 @@
 Takes per-image detector outputs — features (N_i, D) and boxes (N_i, 4) `x1, y1, x2, y2` in pixels with the image
 size, or already normalized to [0, 1] — and returns padded `visual_feats` (B, R, D), `visual_pos` (B, R, 4)
 normalized boxes and `visual_attention_mask` (B, R), the inputs every hf_vlp region model takes (docs/design.md,
-"Input vocabulary").
+"Input vocabulary"). Its saved config also records the features the model expects (`feature_dim`, `detector_name`,
+`max_regions`) and how to rebuild the detector saved with the processor; images become region features in
+`RegionTextProcessor` (hf_vlp/processing/vl_processor.py).
 """
 
 import numpy as np
@@ -63,17 +65,50 @@ class RegionFeatureProcessor(BaseImageProcessor):
             order; None keeps every region.
         normalize_boxes_by_image_size: pixel boxes are divided by (width, height); set False when boxes are given
             normalized already.
+        feature_dim: the region feature size the model expects (its `visual_feat_dim`, ...); features of another
+            size are a `ValueError` naming both sizes. None: not recorded (any size is passed on).
+        detector_name: the detector whose features the model was trained on (e.g. "bottom-up-attention
+            frcnn-vg-finetuned R101 2048-d"), recorded for the reader and named in errors.
+        detector_class / detector_name_or_path: how a detector saved with the processor is rebuilt (the processor
+            sets them when it saves its detector; `detector_name_or_path` None means the `detector/` subfolder of
+            the saved processor).
     """
 
     model_input_names = ["visual_feats", "visual_pos", "visual_attention_mask"]
 
-    def __init__(self, add_global_region=False, max_regions=None, normalize_boxes_by_image_size=True, **kwargs):
+    def __init__(
+        self,
+        add_global_region=False,
+        max_regions=None,
+        normalize_boxes_by_image_size=True,
+        feature_dim=None,
+        detector_name=None,
+        detector_class=None,
+        detector_name_or_path=None,
+        **kwargs,
+    ):
         # BaseImageProcessor only for the Auto-class registry; its pixel pipeline does not apply to region features
         ImageProcessingMixin.__init__(self, **kwargs)
         _check_max_regions(max_regions)
+        _check_feature_dim(feature_dim)
         self.add_global_region = add_global_region
         self.max_regions = max_regions
         self.normalize_boxes_by_image_size = normalize_boxes_by_image_size
+        self.feature_dim = feature_dim
+        self.detector_name = detector_name
+        self.detector_class = detector_class
+        self.detector_name_or_path = detector_name_or_path
+
+    def check_feature_dim(self, dim, source="`visual_feats`"):
+        """`ValueError` naming both sizes when `dim` differs from the recorded `feature_dim`."""
+        _check_feature_dim(self.feature_dim)
+        if self.feature_dim is not None and dim is not None and int(dim) != int(self.feature_dim):
+            trained_on = f" ({self.detector_name})" if self.detector_name else ""
+            raise ValueError(
+                f"{source} has {int(dim)}-d region features but the model expects {int(self.feature_dim)}-d "
+                f"features{trained_on}: use the detector the model was trained with, or a model whose feature size "
+                f"is {int(dim)}."
+            )
 
     def __call__(self, visual_feats, boxes, image_sizes=None, return_tensors="pt", **extra_region_fields):
         """
@@ -143,6 +178,7 @@ class RegionFeatureProcessor(BaseImageProcessor):
         dims = {f.shape[1] for f in features}
         if len(dims) > 1:
             raise ValueError(f"all images' `visual_feats` must have the same feature size, got {sorted(dims)}.")
+        self.check_feature_dim(dims.pop())
         data = {
             "visual_feats": _pad(features, 0.0),
             "visual_pos": _pad(positions, 0.0),
@@ -183,6 +219,13 @@ class RegionFeatureProcessor(BaseImageProcessor):
                 f"{box[region].tolist()} (x,y,w,h boxes must be converted first)."
             )
         return box
+
+
+def _check_feature_dim(feature_dim):
+    if feature_dim is not None and (
+        isinstance(feature_dim, bool) or not isinstance(feature_dim, (int, np.integer)) or feature_dim < 1
+    ):
+        raise ValueError(f"`feature_dim` must be None or a positive int, got {feature_dim!r}.")
 
 
 def _is_id_field(name):

@@ -38,6 +38,10 @@ class OscarProcessor(RegionTextProcessor):
             (`config.caption_tag_position_offset` = this length).
         max_length: total text length (tokens); longer pairs are truncated longest-part-first.
 
+    `images` (+ `detector`, or an attached `processor.detector`) replace `visual_feats` / `boxes` / `image_sizes`; the
+    tags are then the detector's `object_ids` (named by `region_class_names`, or by the detector's `object_names`)
+    unless `region_labels` are given.
+
     With `text=None` the output text is the tag segment alone (`tags [SEP]`, segment 1), the input of
     `OscarForConditionalGeneration.generate()`.
     """
@@ -46,6 +50,14 @@ class OscarProcessor(RegionTextProcessor):
         self.region_class_names = list(region_class_names) if region_class_names is not None else None
         self.use_tags = use_tags
         super().__init__(image_processor, tokenizer, **kwargs)
+
+    def _detected_tags(self, detections, detector):
+        """The detector's object classes as tags: ids into `region_class_names`, or names when the processor has
+        none and the detector names its classes (`object_names`)."""
+        names = getattr(detector, "object_names", None)
+        if self.region_class_names is None and names is not None:
+            return [[names[int(i)] for i in d["object_ids"]] for d in detections]
+        return [d["object_ids"] for d in detections]
 
     def tags_for(self, region_labels, num_regions=None):
         """One tag string per image: class names of its regions (the first `num_regions`), joined by spaces."""
@@ -78,12 +90,19 @@ class OscarProcessor(RegionTextProcessor):
         image_sizes=None,
         region_labels=None,
         caption_length=None,
+        images=None,
+        detector=None,
         padding=True,
         truncation=True,
         max_length=None,
         return_tensors="pt",
         **region_fields,
     ):
+        visual_feats, boxes, image_sizes, detections = self._region_inputs(
+            images, visual_feats, boxes, image_sizes, detector
+        )
+        if region_labels is None and detections and all("object_ids" in d for d in detections):
+            region_labels = self._detected_tags(detections, detector if detector is not None else self.detector)
         if region_labels is None and (self.use_tags or text is None):
             raise ValueError(
                 "Oscar pairs the text with the object tags of the image: pass `region_labels` (the detector class of "

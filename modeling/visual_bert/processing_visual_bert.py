@@ -22,6 +22,8 @@ class VisualBertProcessor(RegionTextProcessor):
       `[CLS] question ? [MASK] [SEP]`: `VisualBertForVisualQuestionAnswering` reads the answer at that token
       (`attention_mask.sum(1) - 2`; the tokenizer pads on the right).
     * `boxes` / `image_sizes` are accepted (and validated) but not returned: VisualBERT has no box input.
+    * `images` (+ `detector`, or an attached `processor.detector`) instead of `visual_feats`: see
+      `RegionTextProcessor`.
     """
 
     output_names = {"visual_feats": "visual_embeds"}
@@ -35,12 +37,15 @@ class VisualBertProcessor(RegionTextProcessor):
         text_pair=None,
         visual_token_type_ids=None,
         question_answering=False,
+        images=None,
+        detector=None,
         padding=True,
         truncation=True,
         max_length=None,
         return_tensors="pt",
         **region_fields,
     ):
+        visual_feats, boxes, image_sizes, _ = self._region_inputs(images, visual_feats, boxes, image_sizes, detector)
         data = {}
         if text is not None:
             if isinstance(text, str):
