@@ -88,6 +88,26 @@ def _train(args, rest):
 
 
 def _eval(args):
+    task = args.task_name or args.task
+    if args.data:  # an official benchmark's files (hf_vlp.benchmark_eval)
+        from .benchmark_eval import evaluate_benchmark
+
+        if not args.features:
+            raise ValueError("--data needs --features: the region features of its images (.tsv, .npz folder)")
+        result = evaluate_benchmark(
+            task,
+            args.model,
+            args.data,
+            args.features,
+            split=args.split if args.split != "test" or task != "refexp" else None,
+            gallery=args.gallery,
+        )
+        width = max(len(name) for name in result)
+        print(f"{task} on {', '.join(args.data)}:")
+        for name, value in result.items():
+            print(f"  {name:<{width}}  {value:.4f}")
+        return 0
+    args.task = task
     from transformers import AutoConfig, AutoProcessor
 
     from .data import shapes_dataset
@@ -219,10 +239,23 @@ def main(argv=None):
     )
     train.add_argument("stage", choices=["pretrain", "finetune"])
 
-    evaluate = commands.add_parser("eval", help="evaluate a saved model on a shapes-world task")
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate a saved model: on the shapes world (with its controls), or with --data on an official "
+        "benchmark's files with the task's standard metric",
+    )
+    evaluate.add_argument("task_name", nargs="?", metavar="TASK", help="vqa, nlvr2, entailment, refexp, retrieval")
     evaluate.add_argument("--model", required=True)
-    evaluate.add_argument("--task", default="vqa")
+    evaluate.add_argument("--task", default="vqa", help="TASK, as an option")
+    evaluate.add_argument(
+        "--data",
+        nargs="+",
+        help="official files: VQA questions + annotations, NLVR2 / SNLI-VE jsonl, RefCOCO refs + "
+        "instances, Karpathy split json",
+    )
+    evaluate.add_argument("--features", help="region features of the benchmark's images: a .tsv file or .npz folder")
     evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--gallery", type=int, help="retrieval: score the first N images of the split")
     evaluate.add_argument("--num_images", type=int, default=300)
 
     demo = commands.add_parser("demo", help="pretrain + fine-tune UNITER on the shapes world, save, reload, answer")

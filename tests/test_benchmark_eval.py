@@ -228,3 +228,23 @@ def test_bad_arguments(tmp_path, bert_tokenizer):
         benchmark_eval.evaluate_benchmark("vqa", folder, tmp_path / "q.json", features)
     with pytest.raises(ValueError, match="no answer table"):
         benchmark_eval.evaluate_benchmark("vqa", folder, [tmp_path / "q.json", tmp_path / "q.json"], features)
+
+
+def test_the_cli_prints_the_benchmark_metric(tmp_path, bert_tokenizer, capsys):
+    from hf_vlp import cli
+
+    model = UniterForVisualReasoning(_config(type_vocab_size=3, nlvr2_head="paired"))
+    folder = _save(_always(model, model.classifier, 0), bert_tokenizer, tmp_path / "nlvr2")  # always "False"
+    rows = [
+        {"identifier": f"dev-1-{p}-0", "sentence": "a", "label": label} for p, label in enumerate(["False", "True"])
+    ]
+    (tmp_path / "dev.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    features = _features(tmp_path / "f", [f"dev-1-{p}-img{i}" for p in (0, 1) for i in (0, 1)])
+    status = cli.main(
+        ["eval", "nlvr2", "--model", str(folder), "--data", str(tmp_path / "dev.json"), "--features", str(features)]
+    )
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "accuracy     0.5000" in printed and "consistency  0.0000" in printed
+    assert cli.main(["eval", "nlvr2", "--model", str(folder), "--data", str(tmp_path / "dev.json")]) != 0
+    assert "--data needs --features" in capsys.readouterr().err
