@@ -203,7 +203,7 @@ def config_from_state(state: dict, original: dict | None, text_config=None, task
     kwargs = dict(
         text_config=text,
         vision_config=vision,
-        fusion_config=fusion,
+        cross_modal_config=fusion,
         modality_type_vocab_size=state["token_type_embeddings.weight"].shape[0],
     )
     for name in ("mlm", "itm"):

@@ -56,7 +56,7 @@ SPECS = (
                 initializer_range=0.08,
             ),
             vision_config=dict(_SMALL, image_size=64, patch_size=16, initializer_factor=2.0),
-            fusion_config=dict(_SMALL),
+            cross_modal_config=dict(_SMALL),
             initializer_range=0.08,
         ),
         # query / value of the text encoder, the CLIP tower and both fusion streams (self- and cross-attention)
@@ -67,7 +67,7 @@ SPECS = (
 )
 
 _EXPORTS = {
-    ".configuration_meter": ("MeterConfig", "MeterFusionConfig", "MeterVisionConfig"),
+    ".configuration_meter": ("MeterConfig", "MeterCrossModalConfig", "MeterVisionConfig"),
     ".modeling_meter": (
         "MeterForImageTextRetrieval",
         "MeterForPreTraining",

@@ -50,7 +50,7 @@ class MeterVisionConfig(CLIPVisionConfig):
 
 
 @strict
-class MeterFusionConfig(PreTrainedConfig):
+class MeterCrossModalConfig(PreTrainedConfig):
     r"""
     The co-attention fusion: `num_hidden_layers` cross-modal layers per stream (`num_top_layer`), `hidden_size`
     wide (both unimodal outputs are projected to it), `num_attention_heads` (`num_heads`), feed-forward
@@ -58,8 +58,8 @@ class MeterFusionConfig(PreTrainedConfig):
     `layer_norm_eps` keeps BERT's default 1e-12 (not roberta-base's 1e-5); the MLM head's transform uses it too.
     """
 
-    model_type = "meter_fusion"
-    base_config_key = "fusion_config"
+    model_type = "meter_cross_modal"
+    base_config_key = "cross_modal_config"
 
     hidden_size: int = 768
     num_hidden_layers: int = 6
@@ -83,13 +83,14 @@ class MeterFusionConfig(PreTrainedConfig):
 class MeterConfig(PreTrainedConfig):
     r"""
     METER: a text encoder (`text_config`: RoBERTa or BERT, transformers' own classes), the CLIP-ViT image encoder
-    (`vision_config`, `MeterVisionConfig`) and a two-stream co-attention fusion (`fusion_config`,
-    `MeterFusionConfig`).
+    (`vision_config`, `MeterVisionConfig`) and a two-stream co-attention fusion (`cross_modal_config`,
+    `MeterCrossModalConfig`).
 
     Args:
         text_config: a `RobertaConfig` (default: roberta-base) or `BertConfig` (`model_type` picks the class).
         vision_config: `MeterVisionConfig` fields.
-        fusion_config: `MeterFusionConfig` fields.
+        cross_modal_config: `MeterCrossModalConfig` fields (not `fusion_config`: transformers 5.25 reads that name
+            on every config as its kernel-fusion settings).
         modality_type_vocab_size: rows of the fusion's token-type table: 0 text, 1 image (2 = NLVR2's second
             image, whose checkpoints have 3 rows).
         num_labels: VQA answers (3129 for VQA v2), 3 for SNLI-VE, 2 for NLVR2.
@@ -102,12 +103,12 @@ class MeterConfig(PreTrainedConfig):
     sub_configs_defaults = {
         "text_config": SubConfigSpec(AutoConfig, model_type="roberta", init_kwargs=ROBERTA_BASE),
         "vision_config": MeterVisionConfig,
-        "fusion_config": MeterFusionConfig,
+        "cross_modal_config": MeterCrossModalConfig,
     }
 
     text_config: dict | PreTrainedConfig | None = None
     vision_config: dict | PreTrainedConfig | None = None
-    fusion_config: dict | PreTrainedConfig | None = None
+    cross_modal_config: dict | PreTrainedConfig | None = None
     modality_type_vocab_size: int = 2
     classifier_layer_norm_eps: float = 1e-5
     mlm_weight: float | int = 1.0
@@ -129,5 +130,14 @@ class MeterConfig(PreTrainedConfig):
                 f"{self.text_config.model_type!r}"
             )
 
+    def to_diff_dict(self):
+        # transformers leaves out the label maps of a 2-label config (its default); here the default is 3129, so an
+        # NLVR2 / ITM-sized head must keep them to reload with 2 labels
+        output = super().to_diff_dict()
+        if "id2label" not in output and self.id2label is not None:
+            output["id2label"] = {str(k): v for k, v in self.id2label.items()}
+            output["label2id"] = dict(self.label2id)
+        return output
 
-__all__ = ["MeterConfig", "MeterFusionConfig", "MeterVisionConfig"]
+
+__all__ = ["MeterConfig", "MeterCrossModalConfig", "MeterVisionConfig"]

@@ -136,7 +136,7 @@ class MeterPreTrainedModel(PreTrainedModel):
     # the fusion uses additive (B, 1, 1, T) key masks, which the flash / flex interfaces do not take; untested there
     _supports_flash_attn = False
     _supports_flex_attn = False
-    _no_split_modules = ["CrossModalLayer", "RobertaLayer", "BertLayer", "CLIPEncoderLayer", "CLIPVisionEmbeddings"]
+    _no_split_modules = ["CrossModalLayer"]  # post_init adds those of the text and vision models
     accepts_loss_kwargs = False  # each head normalises its own loss (docs/design.md, "Trainer under DDP")
 
     def _init_weights(self, module):
@@ -167,7 +167,7 @@ class MeterModel(MeterPreTrainedModel):
 
     def __init__(self, config: MeterConfig):
         super().__init__(config)
-        fusion = config.fusion_config
+        fusion = config.cross_modal_config
         width = fusion.hidden_size
         self.text_model = AutoModel.from_config(config.text_config, add_pooling_layer=False)
         self.vision_model = CLIPVisionModel(config.vision_config)
@@ -343,10 +343,10 @@ class MeterForPreTraining(MeterPreTrainedModel):
 
     def __init__(self, config: MeterConfig):
         super().__init__(config)
-        width = config.fusion_config.hidden_size
+        width = config.cross_modal_config.hidden_size
         self.meter = MeterModel(config)
         self.mlm_score = MaskedLMHead(
-            width, config.text_config.vocab_size, config.fusion_config.hidden_act, config.fusion_config.layer_norm_eps
+            width, config.text_config.vocab_size, config.cross_modal_config.hidden_act, config.cross_modal_config.layer_norm_eps
         )
         self.itm_score = nn.Linear(2 * width, 2)
         self.post_init()
@@ -478,7 +478,7 @@ class MeterForVisualQuestionAnswering(MeterTaskModel):
     answers and averaged over examples, as METER (`mean() * num_labels`)."""
 
     def build_head(self, config):
-        width = 2 * config.fusion_config.hidden_size
+        width = 2 * config.cross_modal_config.hidden_size
         self.classifier = meter_classifier(width, width, config.num_labels, config.classifier_layer_norm_eps)
 
     def compute_loss(self, logits, labels):
@@ -490,7 +490,7 @@ class MeterForVisualEntailment(MeterTaskModel):
     classes; `labels` (B,) class ids, cross-entropy."""
 
     def build_head(self, config):
-        width = 2 * config.fusion_config.hidden_size
+        width = 2 * config.cross_modal_config.hidden_size
         self.classifier = meter_classifier(width, width, config.num_labels, config.classifier_layer_norm_eps)
 
 
@@ -505,7 +505,7 @@ class MeterForVisualReasoning(MeterTaskModel):
                 "MeterForVisualReasoning needs `modality_type_vocab_size` >= 3 (token types: text 0, first image 1, "
                 f"second image 2), got {config.modality_type_vocab_size}"
             )
-        width = 2 * config.fusion_config.hidden_size
+        width = 2 * config.cross_modal_config.hidden_size
         self.classifier = meter_classifier(2 * width, width, config.num_labels, config.classifier_layer_norm_eps)
 
     def encode(self, inputs):
@@ -524,7 +524,7 @@ class MeterForImageTextRetrieval(MeterTaskModel):
     (`loss` = rank loss + itm_weight * itm_loss). METER starts `rank_output` from the ITM "match" row."""
 
     def build_head(self, config):
-        width = 2 * config.fusion_config.hidden_size
+        width = 2 * config.cross_modal_config.hidden_size
         self.rank_output = nn.Linear(width, 1)
         self.itm_score = nn.Linear(width, 2)
 
