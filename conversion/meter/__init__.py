@@ -107,9 +107,7 @@ def read_checkpoint(checkpoint, config=None):
     if not isinstance(state, dict) or not any(torch.is_tensor(v) for v in state.values()):
         raise ConversionError(f"{checkpoint}: no 'state_dict' of tensors (top-level keys {sorted(ckpt)[:10]})")
     # shared storage (METER's rank_output starts as a view of itm_score's "match" row): clone every tensor
-    state = {
-        k: (v.float() if v.is_floating_point() else v).clone() for k, v in state.items() if torch.is_tensor(v)
-    }
+    state = {k: (v.float() if v.is_floating_point() else v).clone() for k, v in state.items() if torch.is_tensor(v)}
     if config is not None:
         original = dict(config) if isinstance(config, dict) else read_json(config)
     else:

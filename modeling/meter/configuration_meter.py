@@ -6,7 +6,6 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, CLIPVisionConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-
 # roberta-base's config.json (transformers' RobertaConfig defaults are BERT's: 30522 words, 512 positions, eps 1e-12)
 ROBERTA_BASE = dict(
     vocab_size=50265,

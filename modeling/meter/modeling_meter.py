@@ -109,7 +109,13 @@ class MeterTaskOutput(ModelOutput):
     cross_attentions: tuple[tuple[torch.FloatTensor, torch.FloatTensor], ...] | None = None
 
 
-_STREAM_FIELDS = ("text_hidden_states", "visual_hidden_states", "text_attentions", "visual_attentions", "cross_attentions")
+_STREAM_FIELDS = (
+    "text_hidden_states",
+    "visual_hidden_states",
+    "text_attentions",
+    "visual_attentions",
+    "cross_attentions",
+)
 
 
 def _stream_outputs(*outputs):
@@ -346,7 +352,10 @@ class MeterForPreTraining(MeterPreTrainedModel):
         width = config.cross_modal_config.hidden_size
         self.meter = MeterModel(config)
         self.mlm_score = MaskedLMHead(
-            width, config.text_config.vocab_size, config.cross_modal_config.hidden_act, config.cross_modal_config.layer_norm_eps
+            width,
+            config.text_config.vocab_size,
+            config.cross_modal_config.hidden_act,
+            config.cross_modal_config.layer_norm_eps,
         )
         self.itm_score = nn.Linear(2 * width, 2)
         self.post_init()
