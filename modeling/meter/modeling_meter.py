@@ -146,18 +146,10 @@ class MeterPreTrainedModel(PreTrainedModel):
     accepts_loss_kwargs = False  # each head normalises its own loss (docs/design.md, "Trainer under DDP")
 
     def _init_weights(self, module):
-        """METER's `objectives.init_weights` for the fusion and the heads: Linear / Embedding N(0, 0.02), LayerNorm
-        1 / 0, biases 0 (the encoders keep their own init: they start from RoBERTa and CLIP)."""
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
+        """METER's `objectives.init_weights` for the fusion, the transforms and the heads: Linear / Embedding
+        N(0, `initializer_range` = 0.02), LayerNorm 1 / 0, biases 0 (transformers' defaults with the config's range);
+        the text and image encoders keep their own init (METER starts them from RoBERTa and CLIP)."""
+        super()._init_weights(module)
         if isinstance(module, MaskedLMHead):
             init.zeros_(module.bias)
 
