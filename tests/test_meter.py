@@ -286,13 +286,15 @@ def test_the_two_streams_update_in_parallel_from_the_previous_layer():
 
 
 def test_a_larger_image_runs_with_interpolated_positions():
-    model = tiny("base").eval()
-    inputs = tiny_inputs(model, "base", batch_size=1)
+    model = tiny("vqa").eval()
+    inputs = tiny_inputs(model, "vqa", batch_size=1)
     size, patch = model.config.vision_config.image_size, model.config.vision_config.patch_size
     inputs["pixel_values"] = torch.randn(1, 3, size + 2 * patch, size + 2 * patch)
+    with pytest.raises(ValueError, match="doesn't match model"):
+        model(**inputs)
     with torch.no_grad():
-        out = model(**inputs, interpolate_pos_encoding=True)
-    assert out.visual_hidden_state.shape[1] == 1 + ((size + 2 * patch) // patch) ** 2
+        out = model(**inputs, interpolate_pos_encoding=True, output_hidden_states=True)
+    assert out.visual_hidden_states[-1].shape[1] == 1 + ((size + 2 * patch) // patch) ** 2
 
 
 # ------------------------------------------------------------------------------------------------------------------

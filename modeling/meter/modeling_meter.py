@@ -366,6 +366,7 @@ class MeterForPreTraining(MeterPreTrainedModel):
         attention_mask=None,
         token_type_ids=None,
         inputs_embeds=None,
+        interpolate_pos_encoding=False,
         labels=None,
         itm_labels=None,
         output_attentions=None,
@@ -373,6 +374,7 @@ class MeterForPreTraining(MeterPreTrainedModel):
         return_dict=None,
     ) -> MeterForPreTrainingOutput:
         r"""
+        interpolate_pos_encoding: images at another resolution than `vision_config.image_size` (see `MeterModel`).
         labels: (B, T) masked-LM targets, -100 = not predicted.
         itm_labels: (B,) 1 = the text matches the image, 0 = not.
         """
@@ -387,6 +389,7 @@ class MeterForPreTraining(MeterPreTrainedModel):
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
             inputs_embeds=inputs_embeds,
+            interpolate_pos_encoding=interpolate_pos_encoding,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
@@ -449,13 +452,15 @@ class MeterTaskModel(MeterPreTrainedModel):
         attention_mask=None,
         token_type_ids=None,
         inputs_embeds=None,
+        interpolate_pos_encoding=False,
         labels=None,
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
     ) -> MeterTaskOutput:
         r"""
-        Inputs as `MeterModel` (NLVR2: `pixel_values` (B, 2, 3, H, W)).
+        Inputs as `MeterModel` (NLVR2: `pixel_values` (B, 2, 3, H, W); `interpolate_pos_encoding` for images at
+        another resolution than `vision_config.image_size`).
         labels: the head's targets (see the class docstring); the loss is computed when they are given.
         """
         inputs = dict(
@@ -464,6 +469,7 @@ class MeterTaskModel(MeterPreTrainedModel):
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
             inputs_embeds=inputs_embeds,
+            interpolate_pos_encoding=interpolate_pos_encoding,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
@@ -540,6 +546,7 @@ class MeterForImageTextRetrieval(MeterTaskModel):
         attention_mask=None,
         token_type_ids=None,
         inputs_embeds=None,
+        interpolate_pos_encoding=False,
         labels=None,
         group_size=None,
         itm_labels=None,
@@ -558,6 +565,7 @@ class MeterForImageTextRetrieval(MeterTaskModel):
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
             inputs_embeds=inputs_embeds,
+            interpolate_pos_encoding=interpolate_pos_encoding,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
