@@ -116,6 +116,21 @@ def test_cli_converts_verifies_and_saves_a_folder_that_auto_classes_load(tmp_pat
 
 
 @needs_fixture
+def test_converter_builds_the_processor_at_the_checkpoints_image_size_and_text_length(tmp_path):
+    from hf_vlp.modeling.meter import MeterProcessor
+
+    folder = FIXTURES[0]
+    _, original = conversion.read_checkpoint(_checkpoint(folder))
+    _tokenizer(tmp_path).save_pretrained(tmp_path / "tokenizer")
+    assert conversion.build_processor(_checkpoint(folder)) is None  # nothing to save without a tokenizer
+    processor = conversion.build_processor(_checkpoint(folder), tokenizer=tmp_path / "tokenizer")
+    assert isinstance(processor, MeterProcessor) and processor.max_text_len == original["max_text_len"]
+    size = original["image_size"]
+    assert processor.image_processor.size.shortest_edge == size
+    assert (processor.image_processor.crop_size.height, processor.image_processor.crop_size.width) == (size, size)
+
+
+@needs_fixture
 def test_config_sizes_come_from_the_checkpoint_and_its_configs():
     folder = FIXTURES[0]
     state, original = conversion.read_checkpoint(_checkpoint(folder))
