@@ -442,6 +442,7 @@ OUTPUT_FIELDS = {
     "soho": SINGLE_STREAM,
     "vilbert": TWO_STREAM,
     "ernie_vil": TWO_STREAM,
+    "meter": TWO_STREAM,
     "lxmert": (
         ("language_hidden_states", "vision_hidden_states"),
         ("language_attentions", "vision_attentions", "cross_encoder_attentions"),

@@ -1,6 +1,6 @@
 """The co-attention layer that joins the two streams of two-stream models.
 
-Two-stream models (ViLBERT, ERNIE-ViL; LXMERT/METER-style cross layers) keep a text stream and a visual stream with
+Two-stream models (ViLBERT, ERNIE-ViL; LXMERT-style cross layers) keep a text stream and a visual stream with
 their own widths, head counts and feed-forward sizes, and exchange information in co-attention layers: the queries
 of each stream attend over the keys/values of the other stream (ViLBERT, Lu et al. 2019, Fig. 2b). Each stream's own
 layers are the single-stream `TransformerLayer` sized by a `StreamSpec`; the co-attention layer is built from the same
@@ -44,7 +44,7 @@ class CoAttentionLayer(GradientCheckpointingLayer):
     then text'' = FFN_t(text'), visual'' = FFN_v(visual'), post-LayerNorm (ViLBERT `BertConnectionLayer`,
     ERNIE-ViL `encoder_co_layer`). Both directions use `co_attention_size` / `co_num_heads`, which may differ from
     both stream widths. `self_attention=True` inserts a per-stream self-attention between the exchange and the
-    feed-forward (the LXMERT / METER cross-modal layer order).
+    feed-forward (the LXMERT cross-modal layer order; METER's self -> cross -> FFN order is `cross_modal.CrossModalLayer`).
 
     Keys: `text_attention.{self.query,self.key,self.value,output.dense,output.LayerNorm}` (query on text, key/value
     on visual), `visual_attention.*` (query on visual, key/value on text), `text_self_attention.*` /

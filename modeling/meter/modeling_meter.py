@@ -34,6 +34,7 @@ from transformers import AutoModel, CLIPVisionModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, can_return_tuple
 
+from hf_vlp.hub_mixin import HubPushMixin
 from hf_vlp.layers import MaskedLMHead, Pooler, StreamSpec, additive_attention_mask, check_pixel_values
 from hf_vlp.layers.cross_modal import CrossModalLayer
 from hf_vlp.pretraining.losses import masked_cross_entropy, pair_loss, soft_score_loss
@@ -132,7 +133,7 @@ def _stream_outputs(*outputs):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class MeterPreTrainedModel(PreTrainedModel):
+class MeterPreTrainedModel(HubPushMixin, PreTrainedModel):
     config_class = MeterConfig
     base_model_prefix = "meter"
     main_input_name = "input_ids"
