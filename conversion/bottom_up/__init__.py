@@ -128,7 +128,9 @@ def load_detectron2_pickle(path) -> dict:
     if isinstance(data, dict) and "model" in data and isinstance(data["model"], dict):
         data = data["model"]
     if not isinstance(data, dict) or not data:
-        raise ConversionError(f"{path}: expected a dict of arrays (optionally under 'model'), got {type(data).__name__}")
+        raise ConversionError(
+            f"{path}: expected a dict of arrays (optionally under 'model'), got {type(data).__name__}"
+        )
     state = {}
     for key, value in data.items():
         if not isinstance(value, np.ndarray):

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
-
 
 # ------------------------------------------------------------------------------------------------------------------
 # boxes
@@ -67,8 +67,8 @@ def pairwise_iou(boxes: torch.Tensor) -> torch.Tensor:
     """(..., N, 4) -> (..., N, N), with torchvision's CPU-kernel arithmetic (area (x2-x1)(y2-y1), no +1)."""
     x1, y1, x2, y2 = boxes.unbind(-1)
     areas = (x2 - x1) * (y2 - y1)
-    inter_w = (torch.minimum(x2[..., :, None], x2[..., None, :]) - torch.maximum(x1[..., :, None], x1[..., None, :]))
-    inter_h = (torch.minimum(y2[..., :, None], y2[..., None, :]) - torch.maximum(y1[..., :, None], y1[..., None, :]))
+    inter_w = torch.minimum(x2[..., :, None], x2[..., None, :]) - torch.maximum(x1[..., :, None], x1[..., None, :])
+    inter_h = torch.minimum(y2[..., :, None], y2[..., None, :]) - torch.maximum(y1[..., :, None], y1[..., None, :])
     inter = inter_w.clamp(min=0) * inter_h.clamp(min=0)
     return inter / (areas[..., :, None] + areas[..., None, :] - inter)
 
@@ -105,31 +105,32 @@ def nms_keep(boxes: torch.Tensor, valid: torch.Tensor, iou_thresholds) -> torch.
 
 
 def nms_keep_loop(boxes: torch.Tensor, valid: torch.Tensor, iou_thresholds) -> torch.Tensor:
-    """The straightforward greedy loop over boxes (one image at a time), same contract as `nms_keep`."""
+    """The straightforward greedy loop (one image and one box at a time: each kept box suppresses the later boxes it
+    overlaps), same contract and arithmetic as `nms_keep`."""
     single = isinstance(iou_thresholds, (int, float))
     thresholds = [float(iou_thresholds)] if single else [float(t) for t in iou_thresholds]
-    flat_boxes = boxes.reshape(-1, *boxes.shape[-2:]).float()
+    flat_boxes = boxes.reshape(-1, *boxes.shape[-2:])
+    flat_boxes = flat_boxes if flat_boxes.dtype in (torch.float32, torch.float64) else flat_boxes.float()
     flat_valid = valid.reshape(-1, valid.shape[-1])
     results = []
     for threshold in thresholds:
         keep = torch.zeros_like(flat_valid)
         for image in range(flat_boxes.shape[0]):
-            suppressed = ~flat_valid[image].clone()
             b = flat_boxes[image]
-            areas = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+            x1, y1, x2, y2 = b.unbind(-1)
+            areas = (x2 - x1) * (y2 - y1)
+            suppressed = (~flat_valid[image]).tolist()
             for i in range(b.shape[0]):
                 if suppressed[i]:
                     continue
                 keep[image, i] = True
+                inter = (torch.minimum(x2[i], x2) - torch.maximum(x1[i], x1)).clamp(min=0) * (
+                    torch.minimum(y2[i], y2) - torch.maximum(y1[i], y1)
+                ).clamp(min=0)
+                iou = inter / (areas[i] + areas - inter)
+                over = (iou.double() > threshold).tolist()
                 for j in range(i + 1, b.shape[0]):
-                    if suppressed[j]:
-                        continue
-                    w = max(torch.minimum(b[i, 2], b[j, 2]) - torch.maximum(b[i, 0], b[j, 0]), torch.tensor(0.0))
-                    h = max(torch.minimum(b[i, 3], b[j, 3]) - torch.maximum(b[i, 1], b[j, 1]), torch.tensor(0.0))
-                    inter = w * h
-                    iou = inter / (areas[i] + areas[j] - inter)
-                    if float(iou) > threshold:
-                        suppressed[j] = True
+                    suppressed[j] = suppressed[j] or over[j]
         results.append(keep.reshape(valid.shape))
     return results[0] if single else torch.stack(results)
 
@@ -238,24 +239,23 @@ def roi_pool(features: torch.Tensor, rois: torch.Tensor, output_size, spatial_sc
 
 
 def roi_pool_loop(features: torch.Tensor, rois: torch.Tensor, output_size, spatial_scale: float) -> torch.Tensor:
-    """The straightforward kernel: a loop over RoIs and bins, each bin a max over its slice (channels at once)."""
-    batch, channels, height, width = features.shape
+    """The straightforward kernel: a loop over RoIs and bins (bin edges in numpy float32 scalars, IEEE single
+    arithmetic like the C kernel's floats), each bin a max over its slice, all channels at once."""
+    _, channels, height, width = features.shape
     pooled_h, pooled_w = output_size
     out = features.new_zeros(rois.shape[0], channels, pooled_h, pooled_w)
-    scale = torch.tensor(spatial_scale, dtype=rois.dtype)
-    for r in range(rois.shape[0]):
-        image = int(rois[r, 0])
-        start_w, start_h, end_w, end_h = (int(_c_round(float(v))) for v in rois[r, 1:5] * scale)
-        roi_w = max(end_w - start_w + 1, 1)
-        roi_h = max(end_h - start_h + 1, 1)
-        bin_h = torch.tensor(float(roi_h), dtype=rois.dtype) / torch.tensor(float(pooled_h), dtype=rois.dtype)
-        bin_w = torch.tensor(float(roi_w), dtype=rois.dtype) / torch.tensor(float(pooled_w), dtype=rois.dtype)
+    scale = np.float32(spatial_scale)
+    for r, roi in enumerate(rois.detach().cpu().numpy().astype(np.float32)):
+        image = int(roi[0])
+        start_w, start_h, end_w, end_h = (int(_c_round(float(np.float32(v) * scale))) for v in roi[1:5])
+        bin_h = np.float32(max(end_h - start_h + 1, 1)) / np.float32(pooled_h)
+        bin_w = np.float32(max(end_w - start_w + 1, 1)) / np.float32(pooled_w)
         for ph in range(pooled_h):
-            hstart = min(max(int(math.floor(float(torch.tensor(float(ph), dtype=rois.dtype) * bin_h))) + start_h, 0), height)
-            hend = min(max(int(math.ceil(float(torch.tensor(float(ph + 1), dtype=rois.dtype) * bin_h))) + start_h, 0), height)
+            hstart = min(max(int(np.floor(np.float32(ph) * bin_h)) + start_h, 0), height)
+            hend = min(max(int(np.ceil(np.float32(ph + 1) * bin_h)) + start_h, 0), height)
             for pw in range(pooled_w):
-                wstart = min(max(int(math.floor(float(torch.tensor(float(pw), dtype=rois.dtype) * bin_w))) + start_w, 0), width)
-                wend = min(max(int(math.ceil(float(torch.tensor(float(pw + 1), dtype=rois.dtype) * bin_w))) + start_w, 0), width)
+                wstart = min(max(int(np.floor(np.float32(pw) * bin_w)) + start_w, 0), width)
+                wend = min(max(int(np.ceil(np.float32(pw + 1) * bin_w)) + start_w, 0), width)
                 if hend <= hstart or wend <= wstart:
                     continue
                 out[r, :, ph, pw] = features[image, :, hstart:hend, wstart:wend].amax(dim=(-2, -1))

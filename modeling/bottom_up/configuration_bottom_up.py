@@ -104,7 +104,9 @@ class BottomUpConfig(PreTrainedConfig):
                 f"{self.min_detections} / {self.max_detections}"
             )
         if self.res2_channels % 4:
-            raise ValueError(f"`res2_channels` must be a multiple of 4 (bottleneck expansion), got {self.res2_channels}")
+            raise ValueError(
+                f"`res2_channels` must be a multiple of 4 (bottleneck expansion), got {self.res2_channels}"
+            )
         if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3:
             raise ValueError("`pixel_mean` and `pixel_std` must give 3 values (B, G, R)")
         super().__post_init__(**kwargs)

@@ -393,7 +393,9 @@ class BottomUpDetector(BottomUpPreTrainedModel):
         limit = config.max_detections
 
         def pick(values):
-            chosen = values.gather(1, index.view(batch, -1, *([1] * (values.dim() - 2))).expand(-1, -1, *values.shape[2:]))
+            chosen = values.gather(
+                1, index.view(batch, -1, *([1] * (values.dim() - 2))).expand(-1, -1, *values.shape[2:])
+            )
             chosen = chosen * selected.view(batch, -1, *([1] * (values.dim() - 2))).to(chosen.dtype)
             pad = limit - chosen.shape[1]
             return F.pad(chosen, [0, 0] * (values.dim() - 2) + [0, pad]) if pad else chosen
