@@ -241,8 +241,23 @@ def test_nms_equals_the_greedy_loop_with_ties_and_exact_thresholds(seed):
     valid = torch.rand(3, 40, generator=generator) > 0.15
     # small integer boxes give many IoUs exactly at 0.5, 1/3, 0.25 ...
     thresholds = [0.5, 1 / 3, 0.25, 0.0, 0.7]
-    assert torch.equal(box_ops.nms_keep(boxes, valid, thresholds), box_ops.nms_keep_loop(boxes, valid, thresholds))
+    expected = box_ops.nms_keep_loop(boxes, valid, thresholds)
+    for tile in (512, 7, 1):  # one tile, several, one box per tile
+        assert torch.equal(box_ops.nms_keep(boxes, valid, thresholds, tile=tile), expected)
     assert torch.equal(box_ops.nms_keep(boxes, valid, 0.5), box_ops.nms_keep_loop(boxes, valid, 0.5))
+    # with max_keep the first max_keep kept boxes are exact (the work may stop early)
+    early = box_ops.nms_keep(boxes, valid, thresholds, max_keep=4, tile=5)
+    rank = expected.cumsum(-1)
+    assert torch.equal(early & (early.cumsum(-1) <= 4), expected & (rank <= 4))
+
+
+def test_threshold_comparison_is_the_kernels_float_against_double():
+    # the kernel compares a float32 IoU with a float64 threshold: float32(0.3) > 0.3 although they print alike
+    for threshold in (0.3, 0.5, 0.7, 1 / 3, 0.6):
+        below = box_ops._below_or_equal(threshold, torch.float32)
+        near = torch.tensor(threshold, dtype=torch.float32)
+        for value in (near, torch.nextafter(near, torch.tensor(1.0)), torch.nextafter(near, torch.tensor(0.0))):
+            assert (float(value) > threshold) == bool(value > below)
 
 
 def test_nms_suppresses_only_above_the_threshold():

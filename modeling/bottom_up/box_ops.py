@@ -63,14 +63,20 @@ def clip_boxes(boxes: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor)
     return torch.stack([x1, y1, x2, y2], dim=-1)
 
 
+def box_iou(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """(..., N, 4) x (..., M, 4) -> (..., N, M), with torchvision's CPU-kernel arithmetic: area (x2-x1)(y2-y1), no +1,
+    `inter / (area_i + area_j - inter)` (symmetric in IEEE arithmetic)."""
+    ax1, ay1, ax2, ay2 = (v[..., :, None] for v in first.unbind(-1))
+    bx1, by1, bx2, by2 = (v[..., None, :] for v in second.unbind(-1))
+    inter_w = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp(min=0)
+    inter_h = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp(min=0)
+    inter = inter_w * inter_h
+    return inter / ((ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter)
+
+
 def pairwise_iou(boxes: torch.Tensor) -> torch.Tensor:
-    """(..., N, 4) -> (..., N, N), with torchvision's CPU-kernel arithmetic (area (x2-x1)(y2-y1), no +1)."""
-    x1, y1, x2, y2 = boxes.unbind(-1)
-    areas = (x2 - x1) * (y2 - y1)
-    inter_w = torch.minimum(x2[..., :, None], x2[..., None, :]) - torch.maximum(x1[..., :, None], x1[..., None, :])
-    inter_h = torch.minimum(y2[..., :, None], y2[..., None, :]) - torch.maximum(y1[..., :, None], y1[..., None, :])
-    inter = inter_w.clamp(min=0) * inter_h.clamp(min=0)
-    return inter / (areas[..., :, None] + areas[..., None, :] - inter)
+    """(..., N, 4) -> (..., N, N)."""
+    return box_iou(boxes, boxes)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -78,35 +84,69 @@ def pairwise_iou(boxes: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def nms_keep(boxes: torch.Tensor, valid: torch.Tensor, iou_thresholds) -> torch.Tensor:
+def _below_or_equal(threshold: float, dtype: torch.dtype) -> float:
+    """The largest value of `dtype` <= `threshold`: for x of that dtype, `x > threshold` (the kernel's comparison of
+    a float with a double) is exactly `x > _below_or_equal(threshold)`, so the IoU matrix need not be cast to
+    float64."""
+    if dtype == torch.float64:
+        return threshold
+    value = np.float32(threshold)
+    if float(value) > threshold:
+        value = np.nextafter(value, np.float32(-np.inf))
+    return float(value)
+
+
+def nms_keep(
+    boxes: torch.Tensor, valid: torch.Tensor, iou_thresholds, max_keep: int | None = None, tile: int = 512
+) -> torch.Tensor:
     """Greedy NMS of boxes ALREADY SORTED by descending score, batched.
 
     boxes: (..., N, 4); valid: (..., N) bool (invalid boxes are neither kept nor suppress anything);
-    iou_thresholds: a float, or a sequence of T floats (then the result has a leading T dim: one NMS per threshold,
-    sharing the IoU matrix). Returns the keep mask, (..., N) or (T, ..., N).
+    iou_thresholds: a float, or a sequence of T floats (then the result has a leading T dim: one NMS per threshold).
+    max_keep: only the first `max_keep` kept boxes are wanted; the work stops once every row has them, and the mask
+    is then exact up to them (False after). Returns the keep mask, (..., N) or (T, ..., N).
+
+    The boxes go in tiles of `tile` in score order: a tile's boxes are first suppressed by the kept boxes of earlier
+    tiles (one IoU block), then the greedy rule inside the tile is solved by iterating "j survives unless a kept
+    i < j overlaps it" from "all survive" to its unique fixed point (at most chain-length + 1 rounds). No loop runs
+    over boxes; the loop over tiles ends early with `max_keep` (the RPN needs 300 of 6000).
     """
     single = isinstance(iou_thresholds, (int, float))
     thresholds = [float(iou_thresholds)] if single else [float(t) for t in iou_thresholds]
+    boxes = boxes.float() if boxes.dtype not in (torch.float32, torch.float64) else boxes
+    limits = torch.tensor([_below_or_equal(t, boxes.dtype) for t in thresholds], dtype=boxes.dtype)
+    limits = limits.view(-1, *([1] * (boxes.dim() - 1)), 1)  # (T, ..., 1, 1) against (..., N, M) IoU blocks
     n = boxes.shape[-2]
-    iou = pairwise_iou(boxes.float() if boxes.dtype not in (torch.float32, torch.float64) else boxes).double()
-    later = torch.ones(n, n, dtype=torch.bool, device=boxes.device).triu(1)  # i before j
-    pair_valid = valid[..., :, None] & valid[..., None, :] & later
-    over = torch.stack([(iou > t) & pair_valid for t in thresholds])  # (T, ..., N, N): i would suppress j
-    over_f = over.to(torch.float32)
-    keep = valid.expand(over.shape[:-1]).clone()
-    # rounds of "j survives unless a kept i < j overlaps it"; at most (longest suppression chain + 1) rounds
-    for _ in range(n + 1):
-        suppressed = torch.matmul(keep.to(torch.float32).unsqueeze(-2), over_f).squeeze(-2) > 0
-        new_keep = valid & ~suppressed
-        if torch.equal(new_keep, keep):
+    keep = torch.zeros(len(thresholds), *valid.shape, dtype=torch.bool, device=valid.device)
+    for start in range(0, n, tile):
+        end = min(start + tile, n)
+        current, current_valid = boxes[..., start:end, :], valid[..., start:end]
+        alive = current_valid.expand(keep[..., start:end].shape).clone()
+        if start:
+            over_earlier = box_iou(boxes[..., :start, :], current) > limits  # (T, ..., start, tile)
+            earlier_kept = keep[..., :start].to(boxes.dtype).unsqueeze(-2)
+            alive &= ~(torch.matmul(earlier_kept, over_earlier.to(boxes.dtype)).squeeze(-2) > 0)
+        later = torch.ones(end - start, end - start, dtype=torch.bool, device=boxes.device).triu(1)
+        over = (pairwise_iou(current) > limits) & later & current_valid[..., None, :]
+        over = over.to(boxes.dtype)
+        candidates, survivors = alive, alive
+        for _ in range(end - start + 1):
+            suppressed = torch.matmul(survivors.to(boxes.dtype).unsqueeze(-2), over).squeeze(-2) > 0
+            updated = candidates & ~suppressed
+            if torch.equal(updated, survivors):
+                break
+            survivors = updated
+        keep[..., start:end] = survivors
+        if max_keep is not None and bool((keep.sum(-1) >= max_keep).all()):
             break
-        keep = new_keep
     return keep[0] if single else keep
 
 
-def nms_keep_loop(boxes: torch.Tensor, valid: torch.Tensor, iou_thresholds) -> torch.Tensor:
+def nms_keep_loop(
+    boxes: torch.Tensor, valid: torch.Tensor, iou_thresholds, max_keep: int | None = None
+) -> torch.Tensor:
     """The straightforward greedy loop (one image and one box at a time: each kept box suppresses the later boxes it
-    overlaps), same contract and arithmetic as `nms_keep`."""
+    overlaps), same contract and arithmetic as `nms_keep` (`max_keep` stops an image's loop after that many kept)."""
     single = isinstance(iou_thresholds, (int, float))
     thresholds = [float(iou_thresholds)] if single else [float(t) for t in iou_thresholds]
     flat_boxes = boxes.reshape(-1, *boxes.shape[-2:])
@@ -124,6 +164,8 @@ def nms_keep_loop(boxes: torch.Tensor, valid: torch.Tensor, iou_thresholds) -> t
                 if suppressed[i]:
                     continue
                 keep[image, i] = True
+                if max_keep is not None and int(keep[image].sum()) >= max_keep:
+                    break
                 inter = (torch.minimum(x2[i], x2) - torch.maximum(x1[i], x1)).clamp(min=0) * (
                     torch.minimum(y2[i], y2) - torch.maximum(y1[i], y1)
                 ).clamp(min=0)
@@ -182,22 +224,20 @@ def _floor_log2(lengths: torch.Tensor, largest: int) -> torch.Tensor:
 def _window_maxima(features: torch.Tensor, levels_h: int, levels_w: int) -> torch.Tensor:
     """(B, H, W, C) -> (levels_h, levels_w, B, H, W, C): entry [k, l, b, h, w] is the max over rows h..h+2^k-1 and
     columns w..w+2^l-1 (positions whose window leaves the map hold partial maxima and are never read)."""
-    rows = [features]
-    for k in range(1, levels_h):
-        previous, step = rows[-1], 2 ** (k - 1)
-        current = previous.clone()
-        current[:, :-step] = torch.maximum(previous[:, :-step], previous[:, step:])
-        rows.append(current)
-    table = []
-    for row in rows:
-        columns = [row]
+    table = features.new_empty(levels_h, levels_w, *features.shape)
+    table[0, 0] = features
+    for k in range(levels_h):
+        if k:
+            step = 2 ** (k - 1)
+            table[k, 0] = table[k - 1, 0]
+            table[k, 0, :, :-step] = torch.maximum(table[k - 1, 0, :, :-step], table[k - 1, 0, :, step:])
         for level in range(1, levels_w):
-            previous, step = columns[-1], 2 ** (level - 1)
-            current = previous.clone()
-            current[:, :, :-step] = torch.maximum(previous[:, :, :-step], previous[:, :, step:])
-            columns.append(current)
-        table.append(torch.stack(columns))
-    return torch.stack(table)
+            step = 2 ** (level - 1)
+            table[k, level] = table[k, level - 1]
+            table[k, level, :, :, :-step] = torch.maximum(
+                table[k, level - 1, :, :, :-step], table[k, level - 1, :, :, step:]
+            )
+    return table
 
 
 def roi_pool(features: torch.Tensor, rois: torch.Tensor, output_size, spatial_scale: float) -> torch.Tensor:
@@ -231,8 +271,9 @@ def roi_pool(features: torch.Tensor, rois: torch.Tensor, output_size, spatial_sc
         return table.index_select(0, index.reshape(-1))
 
     pooled = gather(hstart, wstart)
+    in_place = not (torch.is_grad_enabled() and features.requires_grad)
     for rows, cols in ((h_last, wstart), (hstart, w_last), (h_last, w_last)):
-        pooled = torch.maximum(pooled, gather(rows, cols))
+        pooled = torch.maximum(pooled, gather(rows, cols), out=pooled if in_place else None)
     pooled = pooled.reshape(count, pooled_h, pooled_w, channels)
     pooled = pooled.masked_fill(empty[..., None], 0)
     return pooled.permute(0, 3, 1, 2).contiguous()

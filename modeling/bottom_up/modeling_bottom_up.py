@@ -26,7 +26,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from hf_vlp.layers.resnet import FrozenBatchNorm2d, ResNet, make_stage
+from hf_vlp.layers.resnet import Bottleneck, FrozenBatchNorm2d, ResNet, make_stage
 
 from . import box_ops
 from .configuration_bottom_up import BottomUpConfig
@@ -167,7 +167,7 @@ class BottomUpRPN(nn.Module):
         valid = ((boxes[..., 2] - boxes[..., 0]) > config.rpn_min_size) & (
             (boxes[..., 3] - boxes[..., 1]) > config.rpn_min_size
         )
-        keep = nms_keep(boxes, valid, config.rpn_nms_threshold)
+        keep = nms_keep(boxes, valid, config.rpn_nms_threshold, max_keep=config.rpn_post_nms_topk)
         index, real = _compact(keep, config.rpn_post_nms_topk)
         proposals = boxes.gather(1, index[..., None].expand(-1, -1, 4)) * real[..., None]
         proposal_logits = top_logits.gather(1, index) * real
@@ -220,18 +220,22 @@ class BottomUpPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["Bottleneck"]
 
     def _init_weights(self, module):
-        std = self.config.initializer_range
+        # transformers calls this for modules that hold parameters or buffers themselves, so choices that depend on
+        # a module's place are tags set by the parents (`init_std`, `zero_init`)
         if isinstance(module, nn.Conv2d):
-            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if hasattr(module, "init_std"):
+                init.normal_(module.weight, std=module.init_std)
+            else:
+                init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
-            init.normal_(module.weight, std=std)
+            init.normal_(module.weight, std=getattr(module, "init_std", self.config.initializer_range))
             init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, std=std)
+            init.normal_(module.weight, std=self.config.initializer_range)
         elif isinstance(module, FrozenBatchNorm2d):
-            init.ones_(module.weight)
+            (init.zeros_ if getattr(module, "zero_init", False) else init.ones_)(module.weight)
             init.zeros_(module.bias)
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)
@@ -239,6 +243,18 @@ class BottomUpPreTrainedModel(PreTrainedModel):
             config = self.config
             if len(config.anchor_sizes) * len(config.anchor_aspect_ratios) == config.num_anchors:
                 init.copy_(module.cell_anchors, default_cell_anchors(config.anchor_sizes, config.anchor_aspect_ratios))
+
+    def _tag_initialisation(self):
+        """detectron2's initialisation of a fresh detector: RPN convs N(0, 0.01), class scores N(0, 0.01), box
+        deltas N(0, 0.001); plus zero-gamma residuals (the last norm of every bottleneck starts at 0) so that a fresh
+        100-layer trunk keeps its activation scale."""
+        for conv in (self.rpn.conv, self.rpn.objectness_logits, self.rpn.anchor_deltas):
+            conv.init_std = 0.01
+        self.roi_heads.cls_score.init_std = 0.01
+        self.roi_heads.bbox_pred.init_std = 0.001
+        for module in self.modules():
+            if isinstance(module, Bottleneck):
+                module.bn3.zero_init = True
 
 
 class BottomUpDetector(BottomUpPreTrainedModel):
@@ -264,12 +280,14 @@ class BottomUpDetector(BottomUpPreTrainedModel):
         self.roi_heads = BottomUpRoIHeads(config)
         self.use_reference_loops = False
         self._image_processor = None
+        self._tag_initialisation()
         self.post_init()
 
     # -- the two operations with a straightforward loop twin ------------------------------------------------------
 
-    def _nms(self, boxes, valid, thresholds):
-        return (box_ops.nms_keep_loop if self.use_reference_loops else box_ops.nms_keep)(boxes, valid, thresholds)
+    def _nms(self, boxes, valid, thresholds, max_keep=None):
+        nms = box_ops.nms_keep_loop if self.use_reference_loops else box_ops.nms_keep
+        return nms(boxes, valid, thresholds, max_keep=max_keep)
 
     def pool_regions(self, res4: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         """RoIPool (R, 5) `batch_index, x1, y1, x2, y2` boxes in resized pixels from res4 -> (R, C4, S, S)."""
@@ -383,7 +401,7 @@ class BottomUpDetector(BottomUpPreTrainedModel):
         sorted_boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))
         sorted_real = real.gather(1, order)
         thresholds = config.nms_thresholds
-        keeps = self._nms(sorted_boxes, sorted_real, thresholds)  # (T, B, P)
+        keeps = self._nms(sorted_boxes, sorted_real, thresholds, max_keep=config.max_detections)  # (T, B, P)
         enough = keeps.sum(-1) >= config.min_detections  # (T, B)
         choice = torch.where(enough.any(0), enough.to(torch.int64).argmax(0), len(thresholds) - 1)
         keep = keeps.gather(0, choice[None, :, None].expand(1, batch, num_props)).squeeze(0)
