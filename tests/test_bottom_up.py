@@ -419,3 +419,14 @@ def test_benchmark_reports_both_paths(frcnn, detector):
     assert [row["path"] for row in rows] == ["vectorised", "per-box loops"]
     assert all(row["same_detections"] and row["images_per_s"] > 0 for row in rows)
     json.dumps(rows)  # plain data, for a bench report
+
+
+def test_hf_vlp_convert_verifies_the_fixture(frcnn, capsys):
+    from hf_vlp.cli import main
+
+    checkpoint = str(next(frcnn.glob("*.pkl")))
+    arguments = ["convert", "bottom_up", "--checkpoint", checkpoint, "--config", str(frcnn / "config.yaml")]
+    assert main([*arguments, "--verify", str(frcnn)]) == 0
+    printed = capsys.readouterr().out
+    assert "verification ok" in printed and "FAIL" not in printed
+    assert main([*arguments, "--option", "max_detection=3"]) == 2  # a misspelt option, refused before loading

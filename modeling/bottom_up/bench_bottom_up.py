@@ -35,9 +35,10 @@ def benchmark_extraction(
     repeats: int = 1,
     loop_baseline: bool = True,
     batch_size: int = 1,
+    warmup: bool = True,
     print_fn=print,
 ) -> list[dict]:
-    """Time `detector.extract_regions(images)` (after one untimed warm-up call) for each dtype, vectorised and, with
+    """Time `detector.extract_regions(images)` (after one untimed warm-up call unless `warmup=False`) for each dtype, vectorised and, with
     `loop_baseline`, with per-box loops. Returns one row per (dtype, path): `images_per_s`, `seconds_per_image`,
     `speedup` (vectorised over loops, on the vectorised rows) and `same_detections` (loop path equals the vectorised
     one: ids exact, boxes within 0.02 px). Prints a table unless `print_fn` is None."""
@@ -52,7 +53,8 @@ def benchmark_extraction(
         paths = ("vectorised", "per-box loops") if loop_baseline else ("vectorised",)
         for path in paths:
             with torch.no_grad(), _autocast(dtype), detector.reference_loops(path != "vectorised"):
-                detector.extract_regions(images[:1], batch_size=batch_size)  # warm-up (allocator, kernels)
+                if warmup:
+                    detector.extract_regions(images[:1], batch_size=batch_size)  # allocator, kernel selection
                 start = time.perf_counter()
                 for _ in range(repeats):
                     results[path] = detector.extract_regions(images, batch_size=batch_size)
