@@ -274,8 +274,10 @@ def roi_pool(features: torch.Tensor, rois: torch.Tensor, output_size, spatial_sc
     in_place = not (torch.is_grad_enabled() and features.requires_grad)
     for rows, cols in ((h_last, wstart), (hstart, w_last), (h_last, w_last)):
         pooled = torch.maximum(pooled, gather(rows, cols), out=pooled if in_place else None)
+    empty_rows = empty.reshape(-1).nonzero().squeeze(-1)  # few: bins entirely outside the map
+    if empty_rows.numel():
+        pooled = pooled.index_fill(0, empty_rows, 0) if not in_place else pooled.index_fill_(0, empty_rows, 0)
     pooled = pooled.reshape(count, pooled_h, pooled_w, channels)
-    pooled = pooled.masked_fill(empty[..., None], 0)
     return pooled.permute(0, 3, 1, 2).contiguous()
 
 
