@@ -140,13 +140,22 @@ def load_detectron2_pickle(path) -> dict:
     return state
 
 
-def load_original_checkpoint(path) -> dict:
-    """Either layout, decided by content: a torch zip / legacy torch file, else a detectron2 pickle."""
+LAYOUTS = ("auto", "hub", "detectron2_pickle")
+
+
+def load_original_checkpoint(path, layout: str = "auto") -> dict:
+    """`layout="hub"`: a torch state dict (`pytorch_model.bin`, read with weights_only=True); `"detectron2_pickle"`:
+    a `{"model": {name: ndarray}}` pickle; `"auto"`: a `.pkl` file is a pickle, anything else is tried as a torch
+    file first."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     path = Path(path)
     if path.is_dir():
         path = path / "pytorch_model.bin"
-    if path.suffix == ".pkl":
+    if layout == "detectron2_pickle" or (layout == "auto" and path.suffix == ".pkl"):
         return load_detectron2_pickle(path)
+    if layout == "hub":
+        return load_checkpoint(path)
     try:
         return load_checkpoint(path)
     except ConversionError:
@@ -315,11 +324,14 @@ def _typed(name, value):
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def convert(checkpoint, config=None, **options) -> BottomUpDetector:
+def convert(checkpoint, config=None, layout: str = "auto", **options) -> BottomUpDetector:
     """`checkpoint`: `pytorch_model.bin` (or its folder) or a detectron2 `.pkl`; `config`: the original
-    `config.yaml` (looked up next to the checkpoint when not given). Options: any `BottomUpConfig` field."""
+    `config.yaml` (looked up next to the checkpoint when not given). `layout`: "auto", "hub" or
+    "detectron2_pickle" (how to read the checkpoint). Other options: any `BottomUpConfig` field."""
     options = check_options(convert, options, BottomUpConfig)
-    state = load_original_checkpoint(checkpoint)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    state = load_original_checkpoint(checkpoint, layout)
     _check_layout(state)
     if config is None:
         beside = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
@@ -417,6 +429,7 @@ def fixture_outputs(model: BottomUpDetector, fixture_dir) -> dict:
 __all__ = [
     "CONFIG_OVERRIDES",
     "KEY_MAP",
+    "LAYOUTS",
     "VERIFY_ATOL",
     "VERIFY_RTOL",
     "build_processor",
