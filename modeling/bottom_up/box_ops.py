@@ -97,7 +97,7 @@ def _below_or_equal(threshold: float, dtype: torch.dtype) -> float:
 
 
 def nms_keep(
-    boxes: torch.Tensor, valid: torch.Tensor, iou_thresholds, max_keep: int | None = None, tile: int = 512
+    boxes: torch.Tensor, valid: torch.Tensor, iou_thresholds, max_keep: int | None = None, tile: int = 128
 ) -> torch.Tensor:
     """Greedy NMS of boxes ALREADY SORTED by descending score, batched.
 
