@@ -288,12 +288,48 @@ def write_processor_code(processor, directory, arch):
 def save_for_hub(model, processor, directory, remote_code=True, **card):
     """Everything a Hub repo of this model needs, in `directory`."""
     directory = Path(directory)
+    try:
+        spec_for_model(model)
+    except ValueError:  # a model without an ArchitectureSpec (the bottom-up detector)
+        return _save_without_spec(model, processor, directory, **card)
     model.save_pretrained(directory, safe_serialization=True)
     if processor is not None:
         processor.save_pretrained(directory)
     if remote_code:
         write_remote_code(model, directory, processor)
     (directory / "README.md").write_text(model_card(model, **card))
+    return directory
+
+
+def _save_without_spec(
+    model, processor, directory, base_model=None, datasets=None, conversion=None, results=None, repo_id=None, task=None
+):
+    """Weights, config, the image processor (the model's own when none is given) and a short card, for a model that
+    is no vision-language architecture: no head, no remote-code bundle (hf_vlp must be installed to load it)."""
+    model.save_pretrained(directory, safe_serialization=True)
+    processor = processor if processor is not None else getattr(model, "image_processor", None)
+    if processor is not None:
+        processor.save_pretrained(directory)
+    arch, name = model.config.model_type, repo_id or f"<your-org>/{model.config.model_type}"
+    meta = {"library_name": "transformers", "tags": ["hf_vlp", arch]}
+    if base_model:
+        meta["base_model"] = base_model
+    if datasets:
+        meta["datasets"] = list(datasets)
+    front = "\n".join(f"{key}: {json.dumps(value)}" for key, value in meta.items())
+    parts = [
+        f"---\n{front}\n---\n",
+        f"# {type(model).__name__}\n",
+        f"A `{arch}` model ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) packaged with "
+        "[hf_vlp](https://pypi.org/project/hf_vlp/). Its classes ship with hf_vlp (no remote code):\n",
+        f'```python\nimport hf_vlp  # registers the classes\nfrom transformers import AutoModel\n\nmodel = AutoModel.from_pretrained("{name}")\n```\n',
+    ]
+    if conversion:
+        parts += ["## How it was made\n", conversion.strip() + "\n"]
+    if results:
+        parts += ["## Results\n", "| metric | value |\n| --- | --- |\n"]
+        parts += [f"| {key} | {value} |\n" for key, value in results.items()]
+    (directory / "README.md").write_text("\n".join(parts))
     return directory
 
 
@@ -338,7 +374,17 @@ def check_folder_loads(folder):
         config = AutoConfig.from_pretrained(folder)
     except (OSError, ValueError) as error:
         raise ValueError(f"{folder / 'config.json'} does not load: {error}") from error
-    spec = spec_for_model_type(config.model_type)
+    try:
+        spec = spec_for_model_type(config.model_type)
+    except ValueError:  # a model without an ArchitectureSpec (the bottom-up detector): its Auto registration
+        from transformers import AutoImageProcessor, AutoModel
+
+        try:
+            model = AutoModel.from_pretrained(folder)
+        except Exception as error:  # noqa: BLE001 - as below: every load failure means "does not load"
+            raise ValueError(f"the weights in {folder} do not load with AutoModel: {error}") from error
+        has_processor = (folder / "preprocessor_config.json").is_file()
+        return model, AutoImageProcessor.from_pretrained(folder) if has_processor else None, None
     saved = (config.architectures or [None])[0]
     task = next((task for task, head in spec.heads.items() if head.model.rpartition(".")[2] == saved), None)
     if task is None:

@@ -265,23 +265,32 @@ _AUTO_MODULES = {
 
 class _AfterImport(importlib.abc.MetaPathFinder):
     """Registers hf_vlp's architectures in each transformers Auto module right after that module is imported, so
-    `import hf_vlp` itself imports nothing of transformers. The finder only wraps the normal loader of the four
-    module names of `_AUTO_MODULES` and leaves `sys.meta_path` once all four are done."""
+    `import hf_vlp` itself imports nothing of transformers. The finder only wraps the normal loader of the module
+    names of `_AUTO_MODULES` (and of `after_transformers_import`'s) and leaves `sys.meta_path` once all are done."""
 
     def __init__(self):
         self.pending = dict(_AUTO_MODULES)
+        self.extra = {}  # module name -> [registrar(module)] of models without a spec (after_transformers_import)
+
+    def _run(self, name, module):
+        registrar = self.pending.pop(name, None)
+        if registrar is not None:
+            registrar(module, list(ARCHITECTURES.values()))
+        for extra in self.extra.pop(name, []):
+            extra(module)
 
     def install(self):
-        for name in list(self.pending):
+        for name in list(self.pending) + list(self.extra):
             if name in sys.modules:  # imported before hf_vlp: register now
-                self.pending.pop(name)(sys.modules[name], list(ARCHITECTURES.values()))
-        if self.pending and self not in sys.meta_path:
+                self._run(name, sys.modules[name])
+        waiting = self.pending or self.extra
+        if waiting and self not in sys.meta_path:
             sys.meta_path.insert(0, self)
-        elif not self.pending and self in sys.meta_path:
+        elif not waiting and self in sys.meta_path:
             sys.meta_path.remove(self)
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname not in self.pending:
+        if fullname not in self.pending and fullname not in self.extra:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -298,10 +307,8 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
         def exec_then_register(module):
             exec_module(module)
-            registrar = self.pending.pop(fullname, None)
-            if registrar is not None:
-                registrar(module, list(ARCHITECTURES.values()))
-            if not self.pending and self in sys.meta_path:
+            self._run(fullname, module)
+            if not (self.pending or self.extra) and self in sys.meta_path:
                 sys.meta_path.remove(self)
 
         loader.exec_module = exec_then_register  # this spec's own loader instance
@@ -309,6 +316,14 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
 
 _AFTER_IMPORT = _AfterImport()
+
+
+def after_transformers_import(module_name: str, registrar) -> None:
+    """Call `registrar(module)` once transformers' `module_name` is imported (now, if it already is), through the
+    import hook the specs use: how a model without an `ArchitectureSpec` (the bottom-up detector) enters its config,
+    model and image processor into transformers' Auto mappings without `import hf_vlp` importing transformers."""
+    _AFTER_IMPORT.extra.setdefault(module_name, []).append(registrar)
+    _AFTER_IMPORT.install()
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -430,3 +430,24 @@ def test_hf_vlp_convert_verifies_the_fixture(frcnn, capsys):
     printed = capsys.readouterr().out
     assert "verification ok" in printed and "FAIL" not in printed
     assert main([*arguments, "--option", "max_detection=3"]) == 2  # a misspelt option, refused before loading
+
+
+def test_converted_detector_is_saved_and_pushed_as_a_plain_transformers_folder(frcnn, tmp_path, hub_endpoint):
+    """The detector has no ArchitectureSpec: `--output` writes weights, config, its image processor and a short card
+    (no remote code), `AutoModel` / `AutoImageProcessor` reload it, and `hf-vlp push` uploads it."""
+    from transformers import AutoImageProcessor, AutoModel
+
+    from hf_vlp.cli import main
+
+    checkpoint = str(frcnn / "pytorch_model.bin")
+    output = tmp_path / "frcnn"
+    arguments = ["convert", "bottom_up", "--checkpoint", checkpoint, "--config", str(frcnn / "config.yaml")]
+    assert main([*arguments, "--output", str(output)]) == 0
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= {
+        p.name for p in output.iterdir()
+    }
+    assert "hf_vlp" in (output / "README.md").read_text() and not list(output.glob("modeling_*.py"))
+    reloaded = AutoModel.from_pretrained(output)
+    assert type(reloaded).__name__ == "BottomUpDetector"
+    assert type(AutoImageProcessor.from_pretrained(output)).__name__ == "BottomUpImageProcessor"
+    assert main(["push", "--model", str(output), "--repo_id", "tester/frcnn"]) == 0

@@ -37,7 +37,9 @@ def test_every_architecture_folder_declares_specs_that_resolve():
     assert not FAILED_ARCHITECTURES, FAILED_ARCHITECTURES
     folders = {info.name for info in pkgutil.iter_modules(hf_vlp.modeling.__path__) if info.ispkg}
     declared = {spec.package.rsplit(".", 1)[1] for spec in SPECS}
-    assert folders == declared, folders ^ declared
+    # a folder may declare `SPECS = ()` for a model that is no vision-language architecture (the bottom-up detector)
+    not_vl = {name for name in folders if importlib.import_module(f"hf_vlp.modeling.{name}").SPECS == ()}
+    assert folders == declared | not_vl, folders ^ (declared | not_vl)
     for spec in SPECS:
         config_class = spec.config_class
         assert config_class.model_type == spec.model_type, spec.name

@@ -3,14 +3,10 @@ UNITER, ViLBERT, VisualBERT, LXMERT, Oscar/VinVL and ERNIE-ViL read.
 
 It is not a vision-language model: it has no text input, no task heads and no fine-tuning recipe, so it has no
 `ArchitectureSpec` (`SPECS` is empty, and the registry's common tests do not run it). Its config, model and image
-processor are registered with AutoConfig / AutoModel / AutoImageProcessor lazily, the way `hf_vlp.registry` does
+processor are registered with AutoConfig / AutoModel / AutoImageProcessor lazily, through `hf_vlp.registry.after_transformers_import`, as the registry does
 for the specs: dotted paths entered into transformers' Auto mappings when those modules are imported, imported on
 first lookup. `import hf_vlp` still imports nothing of transformers.
 """
-
-import importlib.abc
-import sys
-import threading
 
 from hf_vlp.spec import lazy_exports
 
@@ -49,54 +45,14 @@ _REGISTRARS = {
 }
 
 
-class _RegisterAfterImport(importlib.abc.MetaPathFinder):
-    """Runs a registrar right after its transformers Auto module is imported (or now, if it already is). Same idea as
-    `hf_vlp.registry._AfterImport`; the guard keeps two such finders from asking each other in a circle."""
+def _register_after_transformers_import():
+    from hf_vlp.registry import after_transformers_import
 
-    def __init__(self, registrars):
-        self.pending = dict(registrars)
-        self._busy = threading.local()
-
-    def install(self):
-        for name in list(self.pending):
-            if name in sys.modules:
-                self.pending.pop(name)(sys.modules[name])
-        if self.pending and self not in sys.meta_path:
-            sys.meta_path.insert(0, self)
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname not in self.pending or getattr(self._busy, "active", False):
-            return None
-        self._busy.active = True
-        try:
-            for finder in sys.meta_path:
-                if finder is self or not hasattr(finder, "find_spec"):
-                    continue
-                module_spec = finder.find_spec(fullname, path, target)
-                if module_spec is not None:
-                    break
-            else:
-                return None
-        finally:
-            self._busy.active = False
-        loader = module_spec.loader
-        if loader is None or not hasattr(loader, "exec_module"):
-            return module_spec
-        exec_module = loader.exec_module
-
-        def exec_then_register(module):
-            exec_module(module)
-            registrar = self.pending.pop(fullname, None)
-            if registrar is not None:
-                registrar(module)
-            if not self.pending and self in sys.meta_path:
-                sys.meta_path.remove(self)
-
-        loader.exec_module = exec_then_register
-        return module_spec
+    for module_name, registrar in _REGISTRARS.items():
+        after_transformers_import(module_name, registrar)
 
 
-_RegisterAfterImport(_REGISTRARS).install()
+_register_after_transformers_import()
 
 _EXPORTS = {
     ".configuration_bottom_up": ("BottomUpConfig",),
