@@ -5,11 +5,13 @@ dictionary of 2048 entries at width 768, and a 3-layer BERT-base-uncased fusion 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from hf_vlp.config_utils import SavesLabelMaps
+
 BACKBONE_BLOCKS = {"basic": 1, "bottleneck": 4}  # block -> channel expansion
 
 
 @strict
-class SohoConfig(PreTrainedConfig):
+class SohoConfig(SavesLabelMaps, PreTrainedConfig):
     r"""
     Text and fusion encoder: BERT fields (the original `VLBertModel`); visual tokens are appended after the text
     embeddings and get no BERT position or token-type embedding.
