@@ -572,7 +572,8 @@ def shapes_dataset(
         seed: any non-negative integer; (seed, split) fixes every pixel and every string.
         split: "train", "validation" or "test" (disjoint random streams).
         samples_per_image: rows per scene (captions / questions / expressions / hypotheses); the default is
-            `DEFAULT_SAMPLES_PER_IMAGE[task]`. A scene with fewer possible samples yields fewer rows.
+            `DEFAULT_SAMPLES_PER_IMAGE[task]`. A scene with fewer possible samples yields fewer rows. For "vqa",
+            up to 5 questions are each of another type; more ask further rounds of one new question per type.
         image_size: canvas side in pixels; shapes scale with it.
         with_region_features: add `region_features` from the EfficientNet-lite0 `RegionFeatureExtractor`.
         feature_extractor: a `RegionFeatureExtractor` to use instead of the default one (or any object with
