@@ -137,8 +137,28 @@ def test_vqa_majority_answer_is_well_below_half_and_every_type_is_asked():
         assert row["answers"] == [row["answer"]] and row["answer_ids"] == [SHAPES_VQA_ANSWERS.index(row["answer"])]
 
 
-def test_vqa_answers_follow_from_the_gold_regions():
-    for row in text_only("vqa", 60):
+def test_vqa_more_than_five_questions_per_scene_are_distinct_rounds_over_the_types():
+    """Up to five questions per scene: one per type (the stream every earlier figure used); more: further rounds,
+    another question of each type per round, never one asked twice about the same scene."""
+    few, many = text_only("vqa", 40, samples_per_image=5), text_only("vqa", 40, samples_per_image=15)
+    by_scene = collections.defaultdict(list)
+    for row in many:
+        by_scene[row["image_id"]].append(row)
+    for row in few:  # the first round is unchanged: the same questions in the same order
+        assert by_scene[row["image_id"]][int(row["question_id"]) % 100]["question"] == row["question"]
+    for rows in by_scene.values():
+        questions = [row["question"] for row in rows]
+        assert len(set(questions)) == len(questions) <= 15
+        assert max(collections.Counter(row["question_type"] for row in rows).values()) <= 3
+    types = collections.Counter(many["question_type"])
+    assert types["spatial"] > 2 * collections.Counter(few["question_type"])["spatial"]
+    spatial = [a for a, t in zip(many["answer"], many["question_type"]) if t == "spatial"]
+    assert 0.4 < spatial.count("yes") / len(spatial) < 0.6
+
+
+@pytest.mark.parametrize("samples_per_image", [3, 15])
+def test_vqa_answers_follow_from_the_gold_regions(samples_per_image):
+    for row in text_only("vqa", 60 if samples_per_image == 3 else 20, samples_per_image=samples_per_image):
         question, answer = row["question"], row["answer"]
         if match := re.fullmatch(r"what color is the (.+)\?", question):
             (index,) = _find(row, **_parse_description(match[1]))

@@ -315,19 +315,29 @@ def _vqa_candidates(objects: list[ShapeObject], question_type: str, rng) -> list
 
 
 def _vqa(scene: Scene, rng: np.random.Generator, count: int) -> list[dict]:
-    rows = []
-    for question_type in rng.permutation(SHAPES_VQA_QUESTION_TYPES):
-        candidates = _vqa_candidates(scene.objects, question_type, rng)
-        if not candidates:
-            continue
-        # Draw the answer first, uniformly over the answers this scene offers, then the wording, then a question:
-        # "yes"/"no" come out balanced, counting does not collapse onto "1", and "is there a circle?" is not
-        # mostly "yes" (a question-only model gains little).
-        answer = _pick(rng, sorted({a for _, a, _ in candidates}))
-        form = _pick(rng, sorted({f for _, a, f in candidates if a == answer}))
-        question = _pick(rng, [q for q, a, f in candidates if a == answer and f == form])
-        rows.append({"question": question, "question_type": str(question_type), "answer": answer})
-        if len(rows) == count:
+    """Up to `count` distinct questions about the scene, in ceil(count / 5) rounds over the question types in a
+    random order, one question of each type per round (a type the scene cannot ask about is skipped). More rounds
+    give more questions of every type per scene: a relation such as "left of" needs many more examples than one
+    per scene to be learnt rather than memorised (docs/data.md, "Spatial questions")."""
+    rows, asked = [], set()
+    for _ in range(-(-count // len(SHAPES_VQA_QUESTION_TYPES))):
+        added = 0
+        for question_type in rng.permutation(SHAPES_VQA_QUESTION_TYPES):
+            candidates = [c for c in _vqa_candidates(scene.objects, question_type, rng) if c[0] not in asked]
+            if not candidates:
+                continue
+            # Draw the answer first, uniformly over the answers this scene offers, then the wording, then a
+            # question: "yes"/"no" come out balanced, counting does not collapse onto "1", and "is there a
+            # circle?" is not mostly "yes" (a question-only model gains little).
+            answer = _pick(rng, sorted({a for _, a, _ in candidates}))
+            form = _pick(rng, sorted({f for _, a, f in candidates if a == answer}))
+            question = _pick(rng, [q for q, a, f in candidates if a == answer and f == form])
+            rows.append({"question": question, "question_type": str(question_type), "answer": answer})
+            asked.add(question)
+            added += 1
+            if len(rows) == count:
+                return rows
+        if not added:  # the scene has no question left to ask
             break
     return rows
 
@@ -562,7 +572,8 @@ def shapes_dataset(
         seed: any non-negative integer; (seed, split) fixes every pixel and every string.
         split: "train", "validation" or "test" (disjoint random streams).
         samples_per_image: rows per scene (captions / questions / expressions / hypotheses); the default is
-            `DEFAULT_SAMPLES_PER_IMAGE[task]`. A scene with fewer possible samples yields fewer rows.
+            `DEFAULT_SAMPLES_PER_IMAGE[task]`. A scene with fewer possible samples yields fewer rows. For "vqa",
+            up to 5 questions are each of another type; more ask further rounds of one new question per type.
         image_size: canvas side in pixels; shapes scale with it.
         with_region_features: add `region_features` from the EfficientNet-lite0 `RegionFeatureExtractor`.
         feature_extractor: a `RegionFeatureExtractor` to use instead of the default one (or any object with
