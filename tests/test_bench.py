@@ -127,3 +127,73 @@ def test_ddp_reports_two_processes_against_one_on_the_same_global_batch():
     result = bench.ddp_benchmark(settings, 2)
     assert set(result) == set(bench.DDP_FIELDS)
     assert result["ddp_step_s"] > 0 and result["single_step_s"] > 0 and result["ddp_speedup"] > 0
+
+
+# --- the demo's budget (hf_vlp/budget.py) --------------------------------------------------------------------
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _drive(callback, clock, step_seconds, first_step_seconds=10.0, max_steps=10_000):
+    """Run `callback` as a Trainer would, with steps that take `step_seconds(step)`; the steps taken."""
+    from types import SimpleNamespace
+
+    from transformers import TrainingArguments
+
+    args = TrainingArguments("unused", max_steps=max_steps, warmup_steps=5, report_to=[])
+    state, control = SimpleNamespace(global_step=0), SimpleNamespace(should_training_stop=False)
+    callback.on_train_begin(args, state, control)
+    while not control.should_training_stop and state.global_step < max_steps:
+        clock.now += first_step_seconds if state.global_step == 0 else step_seconds(state.global_step)
+        state.global_step += 1
+        callback.on_step_end(args, state, control)
+    return state.global_step
+
+
+def test_deadline_ignores_start_up_and_ends_within_one_step_of_the_deadline():
+    from hf_vlp.budget import DeadlineCallback
+
+    clock = _Clock()
+    callback = DeadlineCallback(deadline=110.0, clock=clock)
+    steps = _drive(callback, clock, lambda step: 1.0)
+    # a 10 s first step (start-up) would plan 11 steps in all; the steady 1 s steps fill the 100 s left after it
+    assert clock.now <= 110.0 and steps == 1 + 100 and callback.estimate() == 1.0
+
+
+def test_deadline_holds_when_another_process_slows_steps_tenfold_midway():
+    from hf_vlp.budget import DeadlineCallback
+
+    clock = _Clock()
+    callback = DeadlineCallback(deadline=110.0, clock=clock)
+    _drive(callback, clock, lambda step: 1.0 if step < 40 else 10.0)
+    assert clock.now <= 110.0 + 10.0  # at most one slow step past the deadline
+
+
+def test_learning_rate_decay_is_planned_to_end_at_the_deadline():
+    from hf_vlp.budget import DeadlineCallback
+
+    clock = _Clock()
+    callback = DeadlineCallback(deadline=110.0, clock=clock)
+    steps = _drive(callback, clock, lambda step: 1.0)
+    assert callback.planned_steps == steps
+    assert callback._factor(0) == 0.0 and callback._factor(5) == 1.0  # linear warm-up over warmup_steps=5
+    assert callback._factor(steps) == 0.0 and 0.0 < callback._factor(steps // 2) < 1.0
+
+
+def test_budget_phases_share_what_is_left_after_the_reserve():
+    from hf_vlp.budget import Budget
+
+    clock = _Clock()
+    budget = Budget(100.0, reserve=0.1, clock=clock)
+    clock.now = 30.0  # feature extraction took 30 s: the phases share the 60 s left before the 10 s reserve
+    assert budget.deadline(share=1 / 3) == pytest.approx(50.0)
+    clock.now = 50.0
+    assert budget.deadline() == pytest.approx(90.0)
+    with pytest.raises(ValueError, match="share"):
+        budget.deadline(share=0)
