@@ -18,24 +18,39 @@ phases that follow rather than added to the total.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
+from pathlib import Path
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 
-class Budget:
-    """`seconds` of wall-clock time from now, of which `reserve` (seconds, or a fraction of the budget below 1) is
-    kept for the work after the last phase (evaluation, saving)."""
+def process_start(clock=time.perf_counter):
+    """The `clock()` value at which this process started (Linux: from /proc), so that a command's budget also covers
+    the interpreter's start and its imports; now where /proc cannot tell."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        age = 0.0
+    return clock() - max(0.0, age)
 
-    def __init__(self, seconds, reserve=0.1, clock=time.perf_counter):
+
+class Budget:
+    """`seconds` of wall-clock time from `started` (a `clock()` value; default now, `process_start()` for a whole
+    command), of which `reserve` (seconds, or a fraction of the budget below 1) is kept for the work after the last
+    phase (evaluation, saving)."""
+
+    def __init__(self, seconds, reserve=0.1, started=None, clock=time.perf_counter):
         if not seconds > 0:
             raise ValueError(f"`seconds` must be positive, got {seconds!r}")
         if not 0 <= reserve:
             raise ValueError(f"`reserve` must be >= 0 (seconds, or a fraction of the budget below 1), got {reserve!r}")
         self.clock = clock
-        self.started = clock()
+        self.started = clock() if started is None else started
         self.seconds = seconds
         self.reserve = reserve * seconds if reserve < 1 else reserve
 

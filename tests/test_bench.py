@@ -197,3 +197,14 @@ def test_budget_phases_share_what_is_left_after_the_reserve():
     assert budget.deadline() == pytest.approx(90.0)
     with pytest.raises(ValueError, match="share"):
         budget.deadline(share=0)
+
+
+def test_budget_can_count_from_the_process_start():
+    import time
+
+    from hf_vlp.budget import Budget, process_start
+
+    started = process_start()
+    assert started <= time.perf_counter()
+    budget = Budget(60.0, started=started)  # the imports of this test session already used part of it
+    assert budget.elapsed() >= time.perf_counter() - started - 1.0
