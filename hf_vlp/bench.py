@@ -49,7 +49,7 @@ CONFIG_CHOICES = ("tiny", "base", "large")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 ATTENTION = ("sdpa", "eager")
 OPTIMIZERS = ("adamw_fused", "adamw_foreach", "adamw_loop", "sgd")
-COMPARE = ("eager", "fp32", "no-grad-ckpt", "transformers", "original")
+COMPARE = ("eager", "fp32", "no-grad-ckpt", "foreach", "transformers", "original")
 DEVICES = ("cpu", "cuda")
 # BERT-large sizes (and Switch/T5-large's names for them), applied to every (sub)config field of these names
 LARGE_SIZES = {
@@ -261,8 +261,10 @@ def build_variant(settings: BenchSettings, model_class=None, state_dict=None) ->
         if not model.supports_gradient_checkpointing:
             raise ValueError(f"`grad_ckpt`: {type(model).__name__} does not support gradient checkpointing")
         # transformers 5 renamed gradient_checkpointing_enable (kept, deprecated) to activation_checkpointing_enable
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     inputs = spec.example_inputs_for(
         config, task, batch_size=settings.batch, text_length=settings.seq, regions=settings.regions, seed=settings.seed
     )
@@ -525,6 +527,9 @@ def _baseline_variant(settings, variant, compare):
     if compare == "no-grad-ckpt":
         needs(settings.grad_ckpt, "no gradient checkpointing (pass --grad-ckpt)")
         return build_variant(BenchSettings(**{**asdict(settings), "grad_ckpt": False}))
+    if compare == "foreach":
+        needs(settings.optim != "adamw_foreach", "the foreach AdamW (pass another --optim)")
+        return build_variant(BenchSettings(**{**asdict(settings), "optim": "adamw_foreach"}))
     counterpart = transformers_counterpart(type(variant.model))
     if counterpart is None:
         have = sorted(
@@ -560,6 +565,7 @@ def _comparison(compare, variant, baseline, train, baseline_train):
         "eager": "eager attention",
         "fp32": "fp32",
         "no-grad-ckpt": "no gradient checkpointing",
+        "foreach": "foreach (unfused) AdamW",
         "transformers": f"transformers.{type(baseline.model).__name__}, same weights",
     }
     return {
@@ -745,7 +751,49 @@ MARKDOWN_COLUMNS = (
     ("infer_examples_per_s", "infer ex/s", "{:.1f}"),
     ("peak_memory_mib", "peak MiB", "{:.0f}"),
     ("train_steps_disturbed", "disturbed steps", "{}"),
+    ("cpu_per_wall", "CPU/wall", "{:.2f}"),
 )
+
+
+MARKDOWN_NOTES = """
+## Reading the table
+
+* **train ms/step**: median wall time of one training step (forward, backward, optimizer) over the timed steps that
+  were not disturbed; **spread**: their interquartile range over the median. **disturbed steps**: steps left out
+  because the process got less than 80% of its usual CPU time per wall second (another process took a core) or took
+  more than 1.5x the median (hf_vlp/bench.py, `Timings`). **CPU/wall**: the run's median process CPU seconds per wall
+  second, near `torch_threads` on a quiet machine; a run disturbed throughout shows a low value here rather than
+  disturbed steps. Timings on a shared machine are indicative only.
+* **GFLOP/ex (train)**: FLOPs of one training step per example, counted by `torch.utils.flop_counter` (matmuls,
+  convolutions, attention; backward counted, not estimated). **train % of matmul**: achieved FLOP/s over the FLOP/s of
+  a plain 2048x2048 matmul of the same dtype, timed in the same run.
+* **peak MiB**: peak tensor memory of one training step (weights, gradients, optimizer state, activations,
+  temporaries), followed tensor by tensor with `torch.distributed._tools.mem_tracker` (CUDA: the allocator's peak).
+* **attention**: the implementation in use; classes transformers writes without an SDPA path (VisualBERT, LXMERT,
+  ViLT, BLIP, Switch Transformers) run eager attention whatever `--attn` asks.
+
+## Ratios measured in one run
+
+`hf-vlp bench ARCH --compare eager|fp32|no-grad-ckpt|foreach|transformers` builds a second variant differing in one
+setting and interleaves the two variants' steps (A B B A ...); the ratio is the median, over step pairs where neither step was
+disturbed, of baseline time / our time. `--compare transformers` loads our weights into transformers' own class (the
+architectures hf_vlp keeps from transformers and refines). `--ddp 2` times a 2-process DDP step (gloo, each rank on half
+of the batch) alternating with this process alone on the whole batch.
+
+`--compare original` needs the original research code importable: clone it (e.g. ChenRocks/UNITER), put it on
+PYTHONPATH (UNITER's `model/` needs only `apex.normalization.FusedLayerNorm = torch.nn.LayerNorm` on a CPU), and
+convert its checkpoint with `hf-vlp convert`. Without it the command says so; parity with the originals is checked
+by the fixture tests instead.
+
+## Scaling out
+
+The configs in `examples/accelerate` launch with `accelerate launch --config_file ... --num_processes N`. On a CPU-only
+machine run them with `CUDA_VISIBLE_DEVICES=` and `--use_cpu` in the TrainingArguments (accelerate's `--cpu` flag
+means one process); `tests/test_accelerate_launch.py` launches DDP and FSDP that way with 2 processes. accelerate shards
+with FSDP only on accelerators, so on CPU the FSDP config trains as DDP. DeepSpeed ZeRO-2 (`deepspeed_zero2.yaml`) is
+for GPU machines: on CPU DeepSpeed needs Intel's oneCCL bindings, which are not installed here, so it is not launched
+in the tests.
+"""
 
 
 def markdown_table(results, machine=None, command=None) -> str:
@@ -773,7 +821,7 @@ def markdown_table(results, machine=None, command=None) -> str:
                 value = value * scale.get(key, 1)
             cells.append(form.format(value))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + MARKDOWN_NOTES
 
 
 def run_benchmark(

@@ -271,7 +271,7 @@ def main(argv=None):
     bench.add_argument(
         "--compare",
         default=None,
-        choices=["eager", "fp32", "no-grad-ckpt", "transformers", "original"],
+        choices=["eager", "fp32", "no-grad-ckpt", "foreach", "transformers", "original"],
         help="also time this baseline, interleaved step by step, and print the ratio",
     )
     bench.add_argument("--ddp", type=int, default=None, metavar="N", help="also time N-process DDP (gloo)")

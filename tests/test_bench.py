@@ -60,6 +60,7 @@ def test_disturbed_steps_are_left_out():
         ("uniter", "eager", []),
         ("uniter", "fp32", ["--dtype", "bf16"]),
         ("uniter", "no-grad-ckpt", ["--grad-ckpt"]),
+        ("uniter", "foreach", []),
         ("vit", "transformers", []),
     ],
 )
