@@ -366,26 +366,44 @@ def _flops_per_example(variant: Variant):
     return count_flops(train) / batch, count_flops(eager.infer_step) / batch
 
 
-def peak_memory_mib(variant: Variant) -> tuple[float, float | None]:
-    """(peak tensor memory, its activation part) in MiB during one training step. CPU: MemTracker, which follows
-    every tensor's storage (weights, gradients, optimizer state, activations, temporaries); CUDA: the allocator's
-    peak (activations not separated: None)."""
+def _tensor_bytes(tensors) -> int:
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors if torch.is_tensor(tensor))
+
+
+def peak_memory_mib(variant: Variant) -> tuple[float, float]:
+    """(peak tensor memory of one training step, its activation memory) in MiB. The activation memory is what is
+    alive at the end of the forward pass above the weights, buffers and optimizer state (gradients are not allocated
+    yet): the tensors saved for backward, which gradient checkpointing lowers. CPU: MemTracker, which follows every
+    tensor's storage; CUDA: the allocator's counters."""
     device = torch.device(variant.settings.device)
+    model, optimizer = variant.model, variant.optimizer
+    state = [value for per_parameter in optimizer.state.values() for value in per_parameter.values()]
+    persistent = _tensor_bytes([*model.parameters(), *model.buffers(), *state])
+    after_forward = {}
+
+    def step(read_memory):
+        model.train()
+        with torch.autocast(**variant.autocast):
+            loss = model(**variant.batch).loss
+        after_forward["bytes"] = read_memory()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _synchronize(device)
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        variant.train_step()
-        return torch.cuda.max_memory_allocated(device) / 2**20, None
-    from torch.distributed._tools.mem_tracker import MemTracker
+        step(lambda: torch.cuda.memory_allocated(device))
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        from torch.distributed._tools.mem_tracker import MemTracker
 
-    tracker = MemTracker()
-    tracker.track_external(variant.model, variant.optimizer)
-    eager = copy.copy(variant)
-    eager.forward = variant.model  # the tracker follows modules; a compiled wrapper hides them
-    with tracker:
-        eager.train_step()
-    peak = tracker.get_tracker_snapshot("peak")[device]
-    activation = next(value for key, value in peak.items() if getattr(key, "name", None) == "ACT")
-    return peak["Total"] / 2**20, activation / 2**20
+        tracker = MemTracker()
+        tracker.track_external(model, optimizer)
+        with tracker:
+            step(lambda: tracker.get_tracker_snapshot("current")[device]["Total"])
+        peak = tracker.get_tracker_snapshot("peak")[device]["Total"]
+    return peak / 2**20, max(0, after_forward["bytes"] - persistent) / 2**20
 
 
 def graph_breaks(variant: Variant):
@@ -768,7 +786,8 @@ MARKDOWN_NOTES = """
   convolutions, attention; backward counted, not estimated). **train % of matmul**: achieved FLOP/s over the FLOP/s of
   a plain 2048x2048 matmul of the same dtype, timed in the same run.
 * **peak MiB**: peak tensor memory of one training step (weights, gradients, optimizer state, activations,
-  temporaries), followed tensor by tensor with `torch.distributed._tools.mem_tracker` (CUDA: the allocator's peak).
+  temporaries), followed tensor by tensor with `torch.distributed._tools.mem_tracker` (CUDA: the allocator's peak);
+  `peak_activation_mib` in the JSON: what is alive at the end of the forward pass above weights and optimizer state.
 * **attention**: the implementation in use; classes transformers writes without an SDPA path (VisualBERT, LXMERT,
   ViLT, BLIP, Switch Transformers) run eager attention whatever `--attn` asks.
 
