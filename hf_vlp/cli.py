@@ -132,11 +132,44 @@ def _demo(args):
 
 
 def _bench(args):
-    from .bench import run_benchmark
+    from . import bench
+    from .registry import ARCHITECTURES
 
-    run_benchmark(
-        args.arch, batch_size=args.batch_size, steps=args.steps, bf16=args.bf16, sizes=args.sizes, task=args.task
-    )
+    if args.all and args.arch:
+        raise ValueError(f"give an architecture or --all, not both (got {args.arch!r} and --all)")
+    names = sorted(ARCHITECTURES) if args.all else [args.arch or "uniter"]
+    config = args.config or {"small": "tiny", "base": "base", None: "tiny"}[args.sizes]
+    dtype = "bf16" if args.bf16 else args.dtype
+    results = []
+    for name in names:
+        settings = bench.BenchSettings(
+            arch=name,
+            config=config,
+            task=args.task,
+            batch=args.batch,
+            seq=args.seq,
+            regions=args.regions,
+            image_size=args.image_size,
+            dtype=dtype,
+            attn=args.attn,
+            grad_ckpt=args.grad_ckpt,
+            compile=args.compile,
+            optim=args.optim,
+            device=args.device,
+            steps=args.steps,
+            warmup=args.warmup,
+            matmul_size=args.matmul_size,
+        )
+        result = bench.benchmark(settings, compare=args.compare, ddp=args.ddp)
+        results.append(result)
+        if not args.json:
+            print(bench.format_result(result), flush=True)
+    if args.json:
+        print(bench.to_json(results if args.all else results[0]))
+    if args.markdown:
+        command = "hf-vlp bench " + " ".join(args.argv)
+        Path(args.markdown).write_text(bench.markdown_table(results, command=command))
+        print(f"wrote {args.markdown}", file=sys.stderr)
     return 0
 
 
@@ -263,15 +296,41 @@ def main(argv=None):
     demo.add_argument("--minutes", type=float, default=4.0, help="approximate training budget")
     demo.add_argument("--bf16", action="store_true")
 
-    bench = commands.add_parser("bench", help="training / inference throughput, memory and achieved GFLOP/s")
-    bench.add_argument("arch", nargs="?", default="uniter", help="any of hf_vlp.ARCHITECTURES")
-    bench.add_argument("--batch_size", type=int, default=32)
-    bench.add_argument("--steps", type=int, default=10)
-    bench.add_argument("--bf16", action="store_true")
+    bench = commands.add_parser(
+        "bench",
+        help="training / inference speed, FLOPs, memory, and ratios measured in one run (docs/benchmarks.md)",
+    )
+    bench.add_argument("arch", nargs="?", default=None, help="any of hf_vlp.ARCHITECTURES (default: uniter)")
+    bench.add_argument("--all", action="store_true", help="every registered architecture, one after the other")
+    bench.add_argument("--config", default=None, metavar="tiny|base|large|PATH", help="model size (default: tiny)")
     bench.add_argument(
-        "--sizes", default="base", choices=["base", "small"], help="released base config or the spec's small sizes"
+        "--sizes", default=None, choices=["base", "small"], help="earlier spelling: small = --config tiny"
     )
     bench.add_argument("--task", default=None, help="head to time (default: the architecture's bench task)")
+    bench.add_argument("--batch", "--batch_size", dest="batch", type=int, default=8)
+    bench.add_argument("--seq", type=int, default=20, help="text tokens per example")
+    images = bench.add_mutually_exclusive_group()
+    images.add_argument("--regions", type=int, default=36, help="regions per example (region models)")
+    images.add_argument("--image-size", dest="image_size", type=int, default=None, help="pixels (image models)")
+    bench.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast, fp32 master weights")
+    bench.add_argument("--bf16", action="store_true", help="same as --dtype bf16")
+    bench.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
+    bench.add_argument("--grad-ckpt", dest="grad_ckpt", action="store_true", help="gradient checkpointing")
+    bench.add_argument("--compile", action="store_true", help="torch.compile the model; reports graph breaks")
+    bench.add_argument("--optim", default="adamw_fused", choices=["adamw_fused", "adamw_foreach", "adamw_loop", "sgd"])
+    bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    bench.add_argument("--steps", type=int, default=10, help="timed steps (after --warmup untimed ones)")
+    bench.add_argument("--warmup", type=int, default=2)
+    bench.add_argument(
+        "--compare",
+        default=None,
+        choices=["eager", "fp32", "no-grad-ckpt", "foreach", "transformers", "original"],
+        help="also time this baseline, interleaved step by step, and print the ratio",
+    )
+    bench.add_argument("--ddp", type=int, default=None, metavar="N", help="also time N-process DDP (gloo)")
+    bench.add_argument("--matmul-size", dest="matmul_size", type=int, default=2048, help="reference matmul size")
+    bench.add_argument("--json", action="store_true", help="print the result(s) as JSON")
+    bench.add_argument("--markdown", default=None, metavar="FILE", help="write the results table (docs/benchmarks.md)")
 
     extract = commands.add_parser(
         "extract", help="run a region detector over images into a memory-mapped feature store (resumable)"
@@ -319,6 +378,7 @@ def main(argv=None):
     debug = "--debug" in argv
     argv = [arg for arg in argv if arg != "--debug"]
     args, rest = parser.parse_known_args(argv)
+    args.argv = argv[1:]  # what followed the subcommand (recorded in docs/benchmarks.md)
     if rest and args.command != "train":
         commands.choices[args.command].error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "push" and args.timeout is None:

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor, TrainerCallback
+from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor
 
+from .budget import Budget, train_within
 from .data import SHAPES_VQA_ANSWERS, shapes_dataset
 from .evaluation import OVERALL, classification_controls, classifier_predict
 from .hub import save_for_hub
@@ -28,42 +29,13 @@ PRETRAINING_OBJECTIVES = ("mlm", "mrfr", "mrc_kl", "itm")
 LEARNING_RATE = 5e-4
 
 
-class _Deadline(TrainerCallback):
-    """Stops training once `seconds` have passed: the step-time estimate cannot foresee another process taking the
-    cores mid-run, and the demo must still end near its budget."""
-
-    def __init__(self, seconds):
-        self.seconds = seconds
-        self.started = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.started = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if time.perf_counter() - self.started > self.seconds:
-            control.should_training_stop = True
-
-
-def _steps_for(seconds, step_seconds):
-    return max(50, int(seconds / step_seconds))
-
-
-def _timed_step(trainer_factory):
-    """Seconds per optimizer step, so the demo fits its time budget on any CPU: the difference between a 4-step and
-    a 12-step run, which cancels the Trainer's start-up cost."""
-    durations = []
-    for steps in (4, 12):
-        start = time.perf_counter()
-        trainer_factory(max_steps=steps).train()
-        durations.append(time.perf_counter() - start)
-    marginal, average = (durations[1] - durations[0]) / 8, durations[1] / 12
-    # timing noise can make the difference meaningless; never trust less than half the plain average
-    return max(marginal, average / 2)
-
-
-def run_demo(output_dir="demo_output", minutes=4.0, bf16=False, num_images=2000, seed=0):
+def run_demo(output_dir="demo_output", minutes=4.0, bf16=False, num_images=2000, seed=0, budget_started=None):
+    """`budget_started`: the `time.perf_counter()` value the budget counts from (default now; the CLI passes
+    `hf_vlp.budget.process_start()` so that start-up and imports count too)."""
     output_dir = Path(output_dir)
     started = time.perf_counter()
+    # the whole run, feature extraction included, fits `minutes`; 10% is kept for evaluation and saving
+    budget = Budget(minutes * 60, reserve=0.1, started=budget_started)
     torch.manual_seed(seed)
     print("[1/5] building the shapes world and its EfficientNet-lite0 region features ...", flush=True)
     captions = shapes_dataset("captions", num_images=num_images, split="train", seed=seed)
@@ -87,7 +59,6 @@ def run_demo(output_dir="demo_output", minutes=4.0, bf16=False, num_images=2000,
         flush=True,
     )
 
-    budget = minutes * 60
     common = dict(bf16=bf16, use_cpu=not torch.cuda.is_available(), disable_tqdm=False, logging_steps=50)
 
     print(f"[2/5] pretraining UNITER ({', '.join(PRETRAINING_OBJECTIVES)}) ...", flush=True)
@@ -102,8 +73,8 @@ def run_demo(output_dir="demo_output", minutes=4.0, bf16=False, num_images=2000,
             model=model, args=arguments, train_dataset=captions, data_collator=pretrain_collator, callbacks=callbacks
         )
 
-    pretrain_steps = _steps_for(0.3 * budget, _timed_step(pretrainer))
-    pretrain_steps = pretrainer(pretrain_steps, [_Deadline(0.3 * budget * 1.2)]).train().global_step
+    # a third of the training time left to pretraining, the rest to fine-tuning (hf_vlp/budget.py)
+    pretrain_steps = train_within(pretrainer, budget.deadline(share=1 / 3)).global_step
     model.save_pretrained(output_dir / "pretrain")
 
     print("[3/5] fine-tuning VQA from the pretrained weights ...", flush=True)
@@ -116,8 +87,7 @@ def run_demo(output_dir="demo_output", minutes=4.0, bf16=False, num_images=2000,
             model=vqa_model, args=arguments, train_dataset=vqa_train, data_collator=vqa_collator, callbacks=callbacks
         )
 
-    finetune_steps = _steps_for(0.6 * budget, _timed_step(finetuner))
-    finetune_steps = finetuner(finetune_steps, [_Deadline(0.6 * budget * 1.2)]).train().global_step
+    finetune_steps = train_within(finetuner, budget.deadline()).global_step
 
     print(
         "[4/5] held-out evaluation, with the controls that show whether the answer comes from the image ...", flush=True
