@@ -1,6 +1,7 @@
 """`hf-vlp`: convert | train | eval | demo | bench | extract | push | cpt."""
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -139,6 +140,16 @@ def _bench(args):
 
     if args.all and args.arch:
         raise ValueError(f"give an architecture or --all, not both (got {args.arch!r} and --all)")
+    if args.arch == "bottom_up":  # the detector: region extraction, not a training step
+        return _bench_extraction(args)
+    if args.retrieval_gallery is not None:
+        if args.arch != "filip":
+            raise ValueError("--retrieval-gallery times FILIP's late-interaction retrieval: use it with `filip`")
+        from .modeling.filip.retrieval_bench import retrieval_throughput
+
+        result = retrieval_throughput(gallery_size=args.retrieval_gallery, device=args.device)
+        print(json.dumps(result, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+        return 0
     names = sorted(ARCHITECTURES) if args.all else [args.arch or "uniter"]
     config = args.config or {"small": "tiny", "base": "base", None: "tiny"}[args.sizes]
     dtype = "bf16" if args.bf16 else args.dtype
@@ -172,6 +183,30 @@ def _bench(args):
         command = "hf-vlp bench " + " ".join(args.argv)
         Path(args.markdown).write_text(bench.markdown_table(results, command=command))
         print(f"wrote {args.markdown}", file=sys.stderr)
+    return 0
+
+
+def _bench_extraction(args):
+    """`hf-vlp bench bottom_up --images GLOB [--detector DIR]`: images/s of `extract_regions`, vectorised NMS /
+    RoIPool against per-box loops, fp32 and bf16 (`hf_vlp.modeling.bottom_up.benchmark_extraction`)."""
+    import glob
+
+    from PIL import Image
+
+    from .modeling.bottom_up import BottomUpConfig, BottomUpDetector, benchmark_extraction
+
+    paths = sorted(glob.glob(args.images)) if args.images else []
+    if not paths:
+        raise ValueError(f"`hf-vlp bench bottom_up` needs --images GLOB matching image files, got {args.images!r}")
+    if args.detector:
+        detector = BottomUpDetector.from_pretrained(args.detector)
+    else:  # the released architecture with random weights, at the original's 600 / 1000 px
+        detector = BottomUpDetector(BottomUpConfig(min_size=600, max_size=1000))
+    images = [Image.open(path).convert("RGB") for path in paths]
+    dtypes = ("float32", "bfloat16") if args.dtype == "fp32" else ("bfloat16",)
+    rows = benchmark_extraction(detector, images, dtypes=dtypes, repeats=1, print_fn=None if args.json else print)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
     return 0
 
 
@@ -331,6 +366,18 @@ def main(argv=None):
     )
     bench.add_argument("--ddp", type=int, default=None, metavar="N", help="also time N-process DDP (gloo)")
     bench.add_argument("--matmul-size", dest="matmul_size", type=int, default=2048, help="reference matmul size")
+    bench.add_argument(
+        "--retrieval-gallery",
+        dest="retrieval_gallery",
+        type=int,
+        default=None,
+        metavar="N",
+        help="filip: queries/s of late-interaction retrieval over N cached images, against CLIP's dot product",
+    )
+    bench.add_argument("--images", default=None, metavar="GLOB", help="bottom_up: the images to extract regions from")
+    bench.add_argument(
+        "--detector", default=None, metavar="DIR", help="bottom_up: a converted detector (default: random)"
+    )
     bench.add_argument("--json", action="store_true", help="print the result(s) as JSON")
     bench.add_argument("--markdown", default=None, metavar="FILE", help="write the results table (docs/benchmarks.md)")
 

@@ -209,3 +209,25 @@ def test_budget_can_count_from_the_process_start():
     assert started <= time.perf_counter()
     budget = Budget(60.0, started=started)  # the imports of this test session already used part of it
     assert budget.elapsed() >= time.perf_counter() - started - 1.0
+
+
+def test_bench_times_filip_retrieval_and_bottom_up_extraction(tmp_path, capsys):
+    import json
+
+    from conftest import fixture_dir
+
+    from hf_vlp.cli import main
+    from hf_vlp.conversion import bottom_up as conversion
+
+    assert main(["bench", "filip", "--retrieval-gallery", "64", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["gallery_size"] == 64 and result["filip_over_clip"] > 0
+    frcnn = fixture_dir("frcnn")
+    detector = conversion.convert(frcnn / "pytorch_model.bin", frcnn / "config.yaml")
+    detector.save_pretrained(tmp_path / "detector")
+    images = str(next(frcnn.glob("*.png")))
+    assert main(["bench", "bottom_up", "--detector", str(tmp_path / "detector"), "--images", images, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {row["dtype"] for row in rows} == {"float32", "bfloat16"} and all(row["images_per_s"] > 0 for row in rows)
+    assert main(["bench", "bottom_up"]) != 0  # no images: a clear error
+    assert "--images" in capsys.readouterr().err
