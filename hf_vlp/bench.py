@@ -398,11 +398,30 @@ def peak_memory_mib(variant: Variant) -> tuple[float, float]:
     else:
         from torch.distributed._tools.mem_tracker import MemTracker
 
-        tracker = MemTracker()
-        tracker.track_external(model, optimizer)
-        with tracker:
-            step(lambda: tracker.get_tracker_snapshot("current")[device]["Total"])
-        peak = tracker.get_tracker_snapshot("peak")[device]["Total"]
+        def tracked_step():
+            tracker = MemTracker()
+            tracker.track_external(model, optimizer)
+            with tracker:
+                step(lambda: tracker.get_tracker_snapshot("current")[device]["Total"])
+            return tracker.get_tracker_snapshot("peak")[device]["Total"]
+
+        try:
+            peak = tracked_step()
+        except RuntimeError as error:
+            if "cannot register a hook" not in str(error):
+                raise
+            # MemTracker hooks every module output; a frozen sub-module (a frozen CNN stem) returns tensors without
+            # grad, which it cannot hook. Measured with every parameter trainable instead: an upper bound (the
+            # frozen part's activations are counted too).
+            frozen = [p for p in model.parameters() if not p.requires_grad]
+            for parameter in frozen:
+                parameter.requires_grad_(True)
+            try:
+                peak = tracked_step()
+            finally:
+                for parameter in frozen:
+                    parameter.requires_grad_(False)
+                    parameter.grad = None
     return peak / 2**20, max(0, after_forward["bytes"] - persistent) / 2**20
 
 
