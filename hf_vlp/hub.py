@@ -376,7 +376,10 @@ def check_folder_loads(folder):
         raise ValueError(f"{folder / 'config.json'} does not load: {error}") from error
     try:
         spec = spec_for_model_type(config.model_type)
-    except ValueError:  # a model without an ArchitectureSpec (the bottom-up detector): its Auto registration
+    except ValueError:
+        if not type(config).__module__.startswith("hf_vlp."):
+            raise  # not an hf_vlp model at all
+        # an hf_vlp model without an ArchitectureSpec (the bottom-up detector): its own Auto registration
         from transformers import AutoImageProcessor, AutoModel
 
         try:
