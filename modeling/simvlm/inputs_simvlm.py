@@ -7,14 +7,21 @@ from hf_vlp.spec import Task
 
 def example_inputs(config, task, batch_size=2, *, text_length=8, regions=5, seed=0):
     rng = rand.generator(seed)
-    input_ids, attention_mask = rand.text(batch_size, text_length, config.vocab_size, rng, pad_token_id=config.pad_token_id)
+    input_ids, attention_mask = rand.text(
+        batch_size, text_length, config.vocab_size, rng, pad_token_id=config.pad_token_id
+    )
     inputs = dict(
         input_ids=input_ids,
         pixel_values=rand.pixels(batch_size, config.image_size, rng, channels=config.num_channels),
         attention_mask=attention_mask,
     )
     suffix, suffix_mask = rand.text(
-        batch_size, text_length, config.vocab_size, rng, last_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
+        batch_size,
+        text_length,
+        config.vocab_size,
+        rng,
+        last_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
     )
     task = Task(task)
     if task is Task.BASE:  # the bare encoder-decoder reads decoder inputs, not labels

@@ -35,7 +35,9 @@ from hf_vlp.pretraining.losses import masked_cross_entropy, soft_score_loss
 from .configuration_simvlm import SimVlmConfig
 
 # PEFT LoRA targets (regex on full module names): the attention projections of both stacks
-LORA_TARGET_MODULES = r"(model\.)?(encoder|decoder)\.layers\.\d+\.(self_attn|cross_attn)\.(q_proj|k_proj|v_proj|out_proj)"
+LORA_TARGET_MODULES = (
+    r"(model\.)?(encoder|decoder)\.layers\.\d+\.(self_attn|cross_attn)\.(q_proj|k_proj|v_proj|out_proj)"
+)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -352,9 +354,7 @@ class SimVlmEncoder(nn.Module):
             if text.dim() != 3:
                 raise ValueError(f"`input_ids` must be (batch, length), got {tuple(text.shape[:-1])}")
             if batch_size is not None and text.shape[0] != batch_size:
-                raise ValueError(
-                    f"`input_ids` has batch size {text.shape[0]} but `pixel_values` has {batch_size}"
-                )
+                raise ValueError(f"`input_ids` has batch size {text.shape[0]} but `pixel_values` has {batch_size}")
             _check_length("input_ids", text.shape[1], self.config.max_position_embeddings)
             _check_mask("attention_mask", attention_mask, text.shape[:2])
             positions = torch.arange(text.shape[1], device=text.device)
@@ -480,7 +480,10 @@ class SimVlmModel(SimVlmPreTrainedModel):
     `cache` an `EncoderDecoderCache`.
     """
 
-    _tied_weights_keys = {"encoder.embed_tokens.weight": "shared.weight", "decoder.embed_tokens.weight": "shared.weight"}
+    _tied_weights_keys = {
+        "encoder.embed_tokens.weight": "shared.weight",
+        "decoder.embed_tokens.weight": "shared.weight",
+    }
 
     def __init__(self, config: SimVlmConfig):
         super().__init__(config)
@@ -705,13 +708,18 @@ class SimVlmForVisualQuestionAnswering(SimVlmForConditionalGeneration):
         if answer_attention_mask is None:
             answer_attention_mask = torch.ones_like(answer_ids)
         _check_mask("answer_attention_mask", answer_attention_mask, answer_ids.shape)
-        encoder_outputs = self.get_encoder()(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+        encoder_outputs = self.get_encoder()(
+            input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask
+        )
         batch, answers = encoder_outputs.last_hidden_state.shape[0], answer_ids.shape[0]
         states = encoder_outputs.last_hidden_state.repeat_interleave(answers, dim=0)
         mask = None if attention_mask is None else attention_mask.repeat_interleave(answers, dim=0)
         labels = answer_ids.masked_fill(answer_attention_mask == 0, -100).repeat(batch, 1)
         logits = self(
-            attention_mask=mask, encoder_outputs=BaseModelOutput(last_hidden_state=states), labels=labels, use_cache=False
+            attention_mask=mask,
+            encoder_outputs=BaseModelOutput(last_hidden_state=states),
+            labels=labels,
+            use_cache=False,
         ).logits.float()
         log_probs = logits.log_softmax(-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
         return (log_probs * (labels != -100)).sum(-1).view(batch, answers)
