@@ -443,6 +443,10 @@ OUTPUT_FIELDS = {
     "vilbert": TWO_STREAM,
     "ernie_vil": TWO_STREAM,
     "meter": TWO_STREAM,
+    "simvlm": (
+        ("encoder_hidden_states", "decoder_hidden_states"),
+        ("encoder_attentions", "decoder_attentions", "cross_attentions"),
+    ),
     "lxmert": (
         ("language_hidden_states", "vision_hidden_states"),
         ("language_attentions", "vision_attentions", "cross_encoder_attentions"),
