@@ -7,6 +7,8 @@ leaves open is listed, with the choice made, in docs/simvlm.md.
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from hf_vlp.config_utils import SavesLabelMaps
+
 # the paper's size table (ViT's Base / Large / Huge): width, MLP width, heads and layers of each transformer stack
 SIZES = {
     "base": dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_encoder_layers=12),
@@ -16,7 +18,7 @@ SIZES = {
 
 
 @strict
-class SimVlmConfig(PreTrainedConfig):
+class SimVlmConfig(SavesLabelMaps, PreTrainedConfig):
     r"""
     Transformer (encoder over [image tokens ; text prefix], decoder over the text suffix; pre-LayerNorm blocks):
         vocab_size: text vocabulary, shared by the encoder, the decoder and the (tied) LM head.
