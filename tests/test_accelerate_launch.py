@@ -47,6 +47,10 @@ report = dict(world_size=trainer.args.world_size, distributed_type=str(trainer.a
               weights={name: value.tolist() for name, value in model.classifier.state_dict().items()})
 with open(f"{output_dir}/rank{trainer.args.process_index}.json", "w") as handle:
     json.dump(report, handle)
+# tear the gloo group down before the interpreter exits: left to exit, its threads can abort the process
+# ("terminate called without an active exception") after a successful run
+trainer.accelerator.wait_for_everyone()
+torch.distributed.destroy_process_group()
 """
 
 
@@ -60,6 +64,12 @@ def _launch(config, tmp_path):
         port = sock.getsockname()[1]
     command += ["--num_processes", "2", "--main_process_port", str(port), str(script), str(tmp_path)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0 and "terminate called without an active exception" in result.stderr:
+        # a native abort of a gloo worker thread, seen about once in five launches on this 2-core machine, with
+        # or without an explicit destroy_process_group; launched once more, a second abort fails the test
+        for report in tmp_path.glob("rank*.json"):
+            report.unlink()
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
 
