@@ -133,7 +133,10 @@ def evaluate_retrieval(model, processor, karpathy_file, features, split="test", 
     images = list(dict.fromkeys(row["image_id"] for row in data))[: gallery or None]
     index = {image: i for i, image in enumerate(images)}
     captions = [row for row in data if row["image_id"] in index]
-    image_rows = [next(row for row in data if row["image_id"] == image) for image in images]
+    first_row = {}
+    for row in data:  # any caption row of an image carries its regions
+        first_row.setdefault(row["image_id"], row)
+    image_rows = [first_row[image] for image in images]
     collator = task_collator(model, processor, "retrieval")
     scores = torch.empty(len(images), len(captions))
     model.eval()

@@ -1,7 +1,7 @@
 """Building blocks written once and shared by every architecture (docs/design.md, "Layout")."""
 
 from .attention import AttentionBlock, MultiHeadAttention, ResidualOutput, eager_attention_forward
-from .boxes import BOX_FEATURE_SIZES, box_location_features, check_visual_inputs
+from .boxes import BOX_FEATURE_SIZES, box_location_features, check_region_values, check_visual_inputs
 from .coattention import CoAttentionLayer, stream_attention
 from .embeddings import RegionEmbeddings, TextEmbeddings
 from .heads import MaskedLMHead, Pooler, PredictionHeadTransform, mlp_classifier
@@ -29,6 +29,7 @@ __all__ = [
     "joint_padding_mask",
     "box_location_features",
     "check_pixel_values",
+    "check_region_values",
     "check_visual_inputs",
     "eager_attention_forward",
     "mlp_classifier",

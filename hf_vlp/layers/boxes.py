@@ -48,22 +48,35 @@ def check_visual_inputs(visual_feats, visual_pos, visual_attention_mask=None, ba
             f"`visual_feats` must have {feature_dim} features per region (the config's visual feature size), got "
             f"{visual_feats.shape[-1]}."
         )
+    check_region_values(visual_feats, visual_pos, visual_attention_mask)
+
+
+def check_region_values(visual_feats, visual_pos=None, visual_attention_mask=None, feats_name="visual_feats"):
+    """The value checks of `check_visual_inputs` (shapes already checked): non-finite features or boxes, boxes of
+    real regions outside [0, 1] or with x2 < x1 / y2 < y1, an attention mask holding anything but 0 and 1. Without
+    `visual_pos` (a model that takes no boxes, VisualBERT) the box checks are skipped; `feats_name` is the argument
+    name in the message. One device sync for every check; skipped while tracing or compiling."""
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or visual_feats.device.type == "meta":
         return
-    # normalized detector boxes may exceed [0, 1] by rounding; pixel boxes are far outside
-    tolerance = 1e-2
-    boxes = visual_pos.detach()
-    x1, y1, x2, y2 = boxes.unbind(-1)
-    # padded regions may hold any box, but no nan / inf: attention gives them weight 0, and 0 * nan is nan
-    real = torch.ones_like(x1, dtype=torch.bool)
-    if visual_attention_mask is not None:
-        real = visual_attention_mask.detach() != 0
     problems = {  # name -> (batch, regions) bool map of offending regions, checked in this order
         "visual_feats non-finite": ~torch.isfinite(visual_feats.detach()).all(-1),
-        "visual_pos non-finite": ~torch.isfinite(boxes).all(-1),
-        "visual_pos range": ((boxes < -tolerance) | (boxes > 1 + tolerance)).any(-1) & real,
-        "visual_pos order": ((x2 < x1 - tolerance) | (y2 < y1 - tolerance)) & real,
     }
+    if visual_pos is not None:
+        # normalized detector boxes may exceed [0, 1] by rounding; pixel boxes are far outside
+        tolerance = 1e-2
+        boxes = visual_pos.detach()
+        x1, y1, x2, y2 = boxes.unbind(-1)
+        # padded regions may hold any box, but no nan / inf: attention gives them weight 0, and 0 * nan is nan
+        real = torch.ones_like(x1, dtype=torch.bool)
+        if visual_attention_mask is not None:
+            real = visual_attention_mask.detach() != 0
+        problems.update(
+            {
+                "visual_pos non-finite": ~torch.isfinite(boxes).all(-1),
+                "visual_pos range": ((boxes < -tolerance) | (boxes > 1 + tolerance)).any(-1) & real,
+                "visual_pos order": ((x2 < x1 - tolerance) | (y2 < y1 - tolerance)) & real,
+            }
+        )
     if visual_attention_mask is not None and visual_attention_mask.dtype != torch.bool:
         mask = visual_attention_mask.detach()
         problems["visual_attention_mask"] = (mask != 0) & (mask != 1)
@@ -74,7 +87,13 @@ def check_visual_inputs(visual_feats, visual_pos, visual_attention_mask=None, ba
     example, region = (int(i) for i in bad.nonzero()[0])
     where = f"example {example}, region {region}"
     if name == "visual_feats non-finite":
-        raise ValueError(f"`visual_feats` holds NaN or infinite values at {where} ({int(bad.sum())} region(s) in all).")
+        raise ValueError(f"`{feats_name}` holds NaN or infinite values at {where} ({int(bad.sum())} region(s) in all).")
+    if name == "visual_attention_mask":
+        value = visual_attention_mask[example, region].item()
+        raise ValueError(
+            f"`visual_attention_mask` must hold 0 (padding) or 1 (region), got {value} at {where}; soft masks are "
+            "not supported."
+        )
     box = [round(float(v), 4) for v in visual_pos[example, region]]
     if name == "visual_pos non-finite":
         raise ValueError(f"`visual_pos` holds NaN or infinite values at {where}: {box}.")
@@ -83,15 +102,9 @@ def check_visual_inputs(visual_feats, visual_pos, visual_attention_mask=None, ba
             f"`visual_pos` must be x1,y1,x2,y2 normalized to [0, 1] by the image width and height; {where} is {box}. "
             "Pixel boxes? Divide by (width, height, width, height), as RegionFeatureProcessor does."
         )
-    if name == "visual_pos order":
-        raise ValueError(
-            f"`visual_pos` must be x1,y1,x2,y2 with x2 >= x1 and y2 >= y1; {where} is {box}. "
-            "x,y,w,h boxes must be converted to corners first."
-        )
-    value = visual_attention_mask[example, region].item()
     raise ValueError(
-        f"`visual_attention_mask` must hold 0 (padding) or 1 (region), got {value} at {where}; soft masks are not "
-        "supported."
+        f"`visual_pos` must be x1,y1,x2,y2 with x2 >= x1 and y2 >= y1; {where} is {box}. "
+        "x,y,w,h boxes must be converted to corners first."
     )
 
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.models.blip import modeling_blip as hf_blip
+from transformers.models.blip.modeling_blip import BlipEncoderLayer as BlipEncoderLayer  # named in `_no_split_modules`
 from transformers.models.blip.modeling_blip import BlipPreTrainedModel, BlipVisionEmbeddings, BlipVisionModel
 from transformers.models.blip.modeling_blip_text import (
     BlipTextEmbeddings,

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import BertModel, PreTrainedModel
+from transformers.models.bert.modeling_bert import BertLayer as BertLayer  # named in `_no_split_modules`
 from transformers.utils import ModelOutput, can_return_tuple
 
 from hf_vlp.hub_mixin import HubPushMixin
@@ -30,6 +31,8 @@ from hf_vlp.layers.detr import (
     SetPredictionLoss,
     check_detection_labels,
 )
+from hf_vlp.layers.detr import DetrDecoderLayer as DetrDecoderLayer  # named in `_no_split_modules`
+from hf_vlp.layers.detr import DetrEncoderLayer as DetrEncoderLayer
 from hf_vlp.layers.heads import PredictionHeadTransform
 from hf_vlp.layers.pixels import check_pixel_values
 from hf_vlp.layers.resnet import FrozenBatchNorm2d, ResNet

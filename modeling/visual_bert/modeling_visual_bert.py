@@ -32,6 +32,7 @@ from transformers.models.visual_bert.modeling_visual_bert import (
 from transformers.utils import can_return_tuple
 
 from hf_vlp.hub_mixin import HubPushMixin
+from hf_vlp.layers import check_region_values
 from hf_vlp.pretraining.losses import masked_cross_entropy
 
 # Default LoRA targets (PEFT `LoraConfig(target_modules=...)`): the attention projections every token and region
@@ -70,27 +71,7 @@ def _check_region_inputs(visual_embeds, visual_attention_mask, visual_token_type
         raise ValueError(
             f"`input_ids` batch {input_ids.shape[0]} and `visual_embeds` batch {visual_embeds.shape[0]} differ."
         )
-    if torch.jit.is_tracing() or torch.compiler.is_compiling() or visual_embeds.device.type == "meta":
-        return  # the value checks read the data
-    # padded regions too: attention gives them weight 0, and 0 * nan is nan
-    non_finite = ~torch.isfinite(visual_embeds.detach()).all(-1)
-    mask = visual_attention_mask.detach() if visual_attention_mask is not None else None
-    not_binary = (mask != 0) & (mask != 1) if mask is not None and mask.dtype != torch.bool else None
-    found = [
-        bool(hit) for hit in torch.stack([non_finite.any()] + ([not_binary.any()] if not_binary is not None else []))
-    ]
-    if found[0]:
-        example, region = (int(i) for i in non_finite.nonzero()[0])
-        raise ValueError(
-            f"`visual_embeds` holds NaN or infinite values at example {example}, region {region} "
-            f"({int(non_finite.sum())} region(s) in all)."
-        )
-    if len(found) > 1 and found[1]:
-        example, region = (int(i) for i in not_binary.nonzero()[0])
-        raise ValueError(
-            "`visual_attention_mask` must hold 0 (padding) or 1 (region), got "
-            f"{float(mask[example, region]):g} at example {example}, region {region}."
-        )
+    check_region_values(visual_embeds, visual_attention_mask=visual_attention_mask, feats_name="visual_embeds")
 
 
 class VisualBertPreTrainedModel(HubPushMixin, hf.VisualBertPreTrainedModel):
