@@ -120,12 +120,18 @@ def model_card(model, base_model=None, datasets=None, conversion=None, results=N
         "```\n",
         described,
     ]
+    return "\n".join(parts + _made_and_results(conversion, results))
+
+
+def _made_and_results(conversion, results) -> list[str]:
+    """The card's "How it was made" and "Results" sections."""
+    parts = []
     if conversion:
         parts += ["## How it was made\n", conversion.strip() + "\n"]
     if results:
         parts += ["## Results\n", "| metric | value |\n| --- | --- |\n"]
         parts += [f"| {key} | {value} |\n" for key, value in results.items()]
-    return "\n".join(parts)
+    return parts
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -324,12 +330,7 @@ def _save_without_spec(
         "[hf_vlp](https://pypi.org/project/hf_vlp/). Its classes ship with hf_vlp (no remote code):\n",
         f'```python\nimport hf_vlp  # registers the classes\nfrom transformers import AutoModel\n\nmodel = AutoModel.from_pretrained("{name}")\n```\n',
     ]
-    if conversion:
-        parts += ["## How it was made\n", conversion.strip() + "\n"]
-    if results:
-        parts += ["## Results\n", "| metric | value |\n| --- | --- |\n"]
-        parts += [f"| {key} | {value} |\n" for key, value in results.items()]
-    (directory / "README.md").write_text("\n".join(parts))
+    (directory / "README.md").write_text("\n".join(parts + _made_and_results(conversion, results)))
     return directory
 
 
